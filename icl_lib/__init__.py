@@ -1,0 +1,37 @@
+"""icl_lib: the library behind the book *Learning without training, executed*.
+
+A transformer block turns its context into an exact rank-1 update of its first MLP weight
+(Dherin et al., 2025). This package builds the blocks, computes those updates and their
+token-by-token dynamics, and runs the book's experiments.
+"""
+
+from .blocks import MLP, Block, Transformer
+from .contextual import LinearAttention, RecurrentLayer, SelfAttention
+from .implicit import (
+    ImplicitUpdate,
+    block_inputs,
+    forward_with_update,
+    forward_with_updates,
+    implicit_update,
+    network_update,
+)
+from .seeding import seed_everything
+from .trajectory import ImplicitTrajectory, implicit_trajectory
+
+__all__ = [
+    "SelfAttention",
+    "LinearAttention",
+    "RecurrentLayer",
+    "MLP",
+    "Block",
+    "Transformer",
+    "ImplicitUpdate",
+    "implicit_update",
+    "forward_with_update",
+    "network_update",
+    "forward_with_updates",
+    "block_inputs",
+    "ImplicitTrajectory",
+    "implicit_trajectory",
+    "seed_everything",
+]

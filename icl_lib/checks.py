@@ -1,0 +1,90 @@
+"""Input validation shared by the public API.
+
+Every check runs before any arithmetic and raises ``TypeError`` (wrong kind of object) or
+``ValueError`` (right kind, wrong content) with a message that names the argument and the
+problem. Nothing is adjusted silently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["check_tokens", "check_mask", "check_position", "module_dtype_device"]
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of a module's parameters (all must agree)."""
+    params = list(module.parameters())
+    if not params:
+        raise ValueError(f"{type(module).__name__} has no parameters")
+    dtypes = {p.dtype for p in params}
+    devices = {p.device for p in params}
+    if len(dtypes) > 1 or len(devices) > 1:
+        raise ValueError(f"{type(module).__name__} mixes parameter dtypes {dtypes} or devices {devices}")
+    return params[0].dtype, params[0].device
+
+
+def check_tokens(
+    tokens: object,
+    name: str,
+    *,
+    width: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    min_length: int = 1,
+    batch: int | None = None,
+) -> Tensor:
+    """Validate a ``(B, T, width)`` token tensor against a module's dtype and device."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, T, D), got a {tokens.ndim}-d tensor of shape {tuple(tokens.shape)}")
+    b, t, d = tokens.shape
+    if d != width:
+        raise ValueError(f"{name} has token width D={d} but the module expects D={width}")
+    if b == 0:
+        raise ValueError(f"{name} has an empty batch (B=0)")
+    if batch is not None and b != batch:
+        raise ValueError(f"{name} has batch size {b} but the update was computed for batch size {batch}")
+    if t < min_length:
+        if min_length == 2:
+            raise ValueError(f"{name} holds {t} token(s): the context is empty; need at least one context token before the query")
+        raise ValueError(f"{name} holds {t} token(s); need at least {min_length}")
+    if tokens.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {tokens.dtype}; use torch.float32 or torch.float64")
+    if tokens.dtype != dtype:
+        raise TypeError(f"{name} has dtype {tokens.dtype} but the module's parameters are {dtype}")
+    if tokens.device != device:
+        raise ValueError(f"{name} is on device {tokens.device} but the module is on {device}")
+    if not torch.isfinite(tokens).all():
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return tokens
+
+
+def check_mask(mask: object, name: str, *, shape: tuple[int, int], device: torch.device) -> Tensor:
+    """Validate a boolean ``(B, N)`` mask over the context tokens."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a boolean torch.Tensor of shape (B, T-1), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must have dtype torch.bool, got {mask.dtype}")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape (B, T-1) = {shape} (one entry per context token), got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on device {mask.device} but the tokens are on {device}")
+    return mask
+
+
+def check_position(position: object, length: int) -> int | None:
+    """Validate ``position``: an int in ``[-T, T)`` or the string ``"all"`` (returned as None)."""
+    if isinstance(position, str):
+        if position != "all":
+            raise ValueError(f"position must be an int or 'all', got {position!r}")
+        return None
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise TypeError(f"position must be an int or 'all', got {type(position).__name__}")
+    if not -length <= position < length:
+        raise ValueError(f"position {position} is out of range for a prompt of T={length} tokens")
+    return position % length

@@ -1,0 +1,283 @@
+"""Exact implicit weight updates: a context becomes a rank-1 patch of the first MLP weight.
+
+Notation (SPEC §2, §4). A block's MLP input at a position is ``m`` (``A(z)`` for a plain block,
+``h`` or ``LN₂ h`` for residual blocks), ``W (H, D)`` is the first MLP weight. With ``a`` the MLP
+input at the query when the absorbed tokens are absent, and ``m_p`` the MLP input at position
+``p`` of the full prompt,
+
+    ΔW = (W δ) aᵀ / ‖a‖²,   δ = m_p − a,         Δb′ = h_p − h_a (residual blocks only),
+
+and the block run on the kept tokens with ``W + ΔW`` (and ``b′ + Δb′``) gives, at the query,
+exactly the prompted output at position ``p``. We store the two factors ``u = W δ`` and
+``v = a``; the dense ``ΔW`` exists only if :attr:`ImplicitUpdate.delta_W` is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_mask, check_position, check_tokens, module_dtype_device
+from .views import BlockView, stack_of, view_of
+
+__all__ = [
+    "ImplicitUpdate",
+    "implicit_update",
+    "forward_with_update",
+    "network_update",
+    "forward_with_updates",
+    "block_inputs",
+]
+
+
+@dataclass(frozen=True)
+class ImplicitUpdate:
+    """A factored rank-1 update ``ΔW = u vᵀ / ‖v‖²`` of the first MLP weight, plus ``Δb′``.
+
+    Attributes:
+        u: ``W δ``, shape ``(B, H)``, or ``(B, P, H)`` for a stack of ``P`` updates sharing ``v``
+            (every position of a prompt, or every step of a trajectory).
+        v: ``a``, the MLP input at the query without the absorbed tokens, ``(B, D)``.
+        delta_b: the shift of the MLP output bias ``b′``, ``(B, D_out)`` or ``(B, P, D_out)``;
+            ``None`` for a block without residual connection.
+        position: the prompt position whose output the patch reproduces (non-negative), or
+            ``None`` when ``u`` holds one update per position.
+        n_tokens: ``T``, the length of the prompt the update was computed from.
+    """
+
+    u: Tensor
+    v: Tensor
+    delta_b: Tensor | None
+    position: int | None
+    n_tokens: int
+
+    @property
+    def stacked(self) -> bool:
+        """Whether ``u`` carries a leading axis of several updates, ``(B, P, H)``."""
+        return self.u.ndim == 3
+
+    @property
+    def learning_rate(self) -> Tensor:
+        """``h = 1 / ‖a‖²``, shape ``(B,)``."""
+        return 1.0 / (self.v * self.v).sum(-1)
+
+    @property
+    def delta_W(self) -> Tensor:
+        """The dense update, ``(B, H, D)`` or ``(B, P, H, D)``. Materialised on every call."""
+        scaled_v = self.v * self.learning_rate[:, None]  # (B, D)
+        if self.stacked:
+            return self.u[..., :, None] * scaled_v[:, None, None, :]
+        return self.u[..., :, None] * scaled_v[:, None, :]
+
+    def frobenius_norm(self) -> Tensor:
+        """``‖ΔW‖_F = ‖W δ‖ / ‖a‖`` without forming ΔW; ``(B,)`` or ``(B, P)``."""
+        norm_v = self.v.norm(dim=-1)
+        return self.u.norm(dim=-1) / (norm_v[:, None] if self.stacked else norm_v)
+
+
+def _keep_from_absorb(absorb: Tensor) -> Tensor:
+    """(B, N) mask of absorbed context tokens -> (B, N + 1) mask of kept tokens (query kept)."""
+    query = torch.ones_like(absorb[:, :1])
+    return torch.cat([~absorb, query], dim=1)
+
+
+def _reference(view: BlockView, tokens: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """MLP input ``a (B, D)`` and residual stream at the query, absorbed tokens absent."""
+    if keep is None:
+        m, h = view.stream(tokens[:, -1:])
+    else:
+        m, h = view.stream(tokens, keep)
+    a = m[:, -1]
+    zero = (a == 0).all(dim=-1)
+    if zero.any():
+        rows = zero.nonzero().flatten().tolist()
+        raise ValueError(
+            f"the MLP input at the query without the absorbed context, A(x), is exactly zero for batch "
+            f"element(s) {rows}: ΔW = W δ aᵀ/‖a‖² is undefined there (no epsilon is added)"
+        )
+    return a, None if h is None else h[:, -1]
+
+
+def _update(
+    view: BlockView, tokens: Tensor, m: Tensor, h: Tensor | None, keep: Tensor | None, position: int | None
+) -> ImplicitUpdate:
+    """The update from the full prompt's streams ``m, h (B, T, D)`` (computed once by the caller)."""
+    a, h_a = _reference(view, tokens, keep)
+    if position is None:
+        target, ref = m, a[:, None]
+        shift = None if h is None else h - h_a[:, None]
+    else:
+        target, ref = m[:, position], a
+        shift = None if h is None else h[:, position] - h_a
+    u = (target - ref) @ view.first.weight.T
+    return ImplicitUpdate(u=u, v=a, delta_b=shift, position=position, n_tokens=tokens.shape[1])
+
+
+def _check_block_tokens(block: nn.Module, tokens: object, name: str, min_length: int, batch: int | None = None):
+    view = view_of(block)
+    dtype, device = module_dtype_device(block)
+    tokens = check_tokens(
+        tokens, name, width=view.first.in_features, dtype=dtype, device=device, min_length=min_length, batch=batch
+    )
+    return view, tokens
+
+
+def implicit_update(
+    block: nn.Module, tokens: Tensor, absorb: Tensor | None = None, position: int | str = -1
+) -> ImplicitUpdate:
+    """The exact implicit update that absorbs (part of) the context into ``W`` (and ``b′``).
+
+    Args:
+        block: an :class:`icl_lib.Block` or a ``torch.nn.TransformerEncoderLayer``.
+        tokens: the prompt ``(B, T, D)``: context ``c_1..c_N`` then the query (``T = N + 1 ≥ 2``).
+        absorb: ``None`` to absorb the whole context (``Y = C``), or a boolean ``(B, T-1)`` mask
+            of the context tokens ``Y`` to absorb; the others stay in the prompt.
+        position: the prompt position whose output the patch reproduces (default the query),
+            or ``"all"`` for one update per position, sharing ``v``.
+
+    Returns:
+        an :class:`ImplicitUpdate`; with ``u (B, H)`` or ``(B, T, H)`` for ``position="all"``.
+        :func:`forward_with_update` on the kept tokens then reproduces the prompted output.
+    """
+    view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
+    b, t, _ = tokens.shape
+    pos = check_position(position, t)
+    keep = None
+    if absorb is not None:
+        keep = _keep_from_absorb(check_mask(absorb, "absorb", shape=(b, t - 1), device=tokens.device))
+    m, h = view.stream(tokens)
+    return _update(view, tokens, m, h, keep, pos)
+
+
+def _patched_output(view: BlockView, update: ImplicitUpdate, m_q: Tensor, h_q: Tensor | None) -> Tensor:
+    """The block's output at the query with ``W + ΔW`` and ``b′ + Δb′``, from its MLP input ``m_q (B, D)``.
+
+    ``(W + u vᵀ/‖v‖²) m_q = W m_q + u (vᵀ m_q)/‖v‖²``: applied in factored form, so a stack of
+    updates is evaluated in one batched call without copying the block.
+    """
+    coefficient = (m_q * update.v).sum(-1) * update.learning_rate  # (B,)
+    pre = view.first(m_q)
+    if update.stacked:
+        pre = pre[:, None] + update.u * coefficient[:, None, None]
+        h_q = None if h_q is None else h_q[:, None]
+    else:
+        pre = pre + update.u * coefficient[:, None]
+    return view.finish(pre, h_q, update.delta_b)
+
+
+def _check_update(update: object, view: BlockView, dtype: torch.dtype, name: str = "update") -> ImplicitUpdate:
+    if not isinstance(update, ImplicitUpdate):
+        raise TypeError(f"{name} must be an icl_lib.ImplicitUpdate, got {type(update).__name__}")
+    hidden, width = view.first.out_features, view.first.in_features
+    if update.u.shape[-1] != hidden or update.v.shape[-1] != width:
+        raise ValueError(
+            f"{name} has factors u (..., {update.u.shape[-1]}), v (..., {update.v.shape[-1]}) but the block's "
+            f"first MLP weight is ({hidden}, {width}): the update was computed for another block"
+        )
+    if update.u.dtype != dtype:
+        raise TypeError(f"{name} has dtype {update.u.dtype} but the block's parameters are {dtype}")
+    return update
+
+
+def forward_with_update(
+    block: nn.Module, update: ImplicitUpdate, tokens_kept: Tensor, absent: Tensor | None = None
+) -> Tensor:
+    """The block's output at the query, run on the kept tokens with ``W + ΔW`` and ``b′ + Δb′``.
+
+    Args:
+        block: the block the update was computed for.
+        update: from :func:`implicit_update` or :func:`implicit_trajectory`.
+        tokens_kept: ``(B, T', D)``, ending with the query: the query alone ``(B, 1, D)`` when the
+            whole context was absorbed.
+        absent: optional boolean ``(B, T'-1)`` mask of context tokens of ``tokens_kept`` to treat
+            as absent; pass the full prompt with ``absent=absorb`` for per-example subsets.
+
+    Returns:
+        ``(B, D_out)``, or ``(B, P, D_out)`` for a stacked update (one output per update).
+    """
+    dtype, _ = module_dtype_device(block)
+    view, tokens = _check_block_tokens(block, tokens_kept, "tokens_kept", min_length=1)
+    update = _check_update(update, view, dtype)
+    if tokens.shape[0] != update.v.shape[0]:
+        raise ValueError(f"tokens_kept has batch size {tokens.shape[0]} but the update has {update.v.shape[0]}")
+    keep = None
+    if absent is not None:
+        b, t, _ = tokens.shape
+        keep = _keep_from_absorb(check_mask(absent, "absent", shape=(b, t - 1), device=tokens.device))
+    m, h = view.stream(tokens, keep)
+    return _patched_output(view, update, m[:, -1], None if h is None else h[:, -1])
+
+
+def _check_stack_tokens(model: nn.Module, tokens: object, name: str, min_length: int):
+    embed, blocks, head = stack_of(model)
+    views = [view_of(block) for block in blocks]
+    dtype, device = module_dtype_device(model)
+    width = getattr(model, "in_dim", views[0].first.in_features)
+    if isinstance(tokens, Tensor) and tokens.ndim == 2 and min_length == 1:
+        tokens = tokens[:, None]  # a query given as (B, D)
+    tokens = check_tokens(tokens, name, width=width, dtype=dtype, device=device, min_length=min_length)
+    return embed, blocks, views, head, tokens
+
+
+def block_inputs(model: nn.Module, tokens: Tensor) -> list[Tensor]:
+    """The input tokens of every block of a stack, ``depth`` tensors ``(B, T, D)``."""
+    embed, blocks, _, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=1)
+    inputs = [embed(tokens)]
+    for block in blocks[:-1]:
+        inputs.append(block(inputs[-1]))
+    return inputs
+
+
+def network_update(model: nn.Module, tokens: Tensor, position: int | str = -1) -> list[ImplicitUpdate]:
+    """One :class:`ImplicitUpdate` per block of a stack, from one forward pass with the context.
+
+    Block ``ℓ`` sees block ``ℓ−1``'s outputs; its update absorbs its whole context, with the
+    reference ``a`` computed from its own input at the query alone. With the default
+    ``position=-1`` the list feeds :func:`forward_with_updates`; ``"all"`` gives every position.
+
+    Args:
+        model: an :class:`icl_lib.Transformer`, a ``torch.nn.TransformerEncoder``, or an
+            ``nn.Sequential`` / ``nn.ModuleList`` of supported blocks.
+        tokens: the prompt ``(B, T, in_dim)``, ``T ≥ 2``.
+    """
+    embed, _, views, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=2)
+    pos = check_position(position, tokens.shape[1])
+    z = embed(tokens)
+    updates = []
+    for view in views:
+        m, h = view.stream(z)
+        updates.append(_update(view, z, m, h, None, pos))
+        z = view.finish(view.first(m), h)
+    return updates
+
+
+def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:
+    """The query alone through the stack, every block patched with its update.
+
+    Args:
+        model: the stack the updates were computed for.
+        updates: from :func:`network_update` with the query position (one per block).
+        query: ``(B, in_dim)`` or ``(B, 1, in_dim)``.
+
+    Returns:
+        ``(B, out_dim)``: equal to the model's prompted output at the query.
+    """
+    embed, blocks, _, head, query = _check_stack_tokens(model, query, "query", min_length=1)
+    if query.shape[1] != 1:
+        raise ValueError(f"query must be one token, (B, in_dim) or (B, 1, in_dim); got {tuple(query.shape)}")
+    if not isinstance(updates, Sequence) or len(updates) != len(blocks):
+        got = len(updates) if isinstance(updates, Sequence) else type(updates).__name__
+        raise ValueError(f"updates must be a sequence of one ImplicitUpdate per block ({len(blocks)}), got {got}")
+    for i, update in enumerate(updates):
+        if isinstance(update, ImplicitUpdate) and (update.stacked or update.position != update.n_tokens - 1):
+            raise ValueError(
+                f"updates[{i}] reproduces position {update.position} of a {update.n_tokens}-token prompt, not the "
+                "query: a patched stack runs the query alone, so it needs network_update(..., position=-1)"
+            )
+    z = embed(query)
+    for block, update in zip(blocks, updates):
+        z = forward_with_update(block, update, z)[:, None]
+    return head(z[:, 0])

@@ -1,0 +1,674 @@
+"""Symbolic checks, with sympy, of the theorem (SPEC §2) and the implicit dynamics (SPEC §3).
+
+Every result of this module is a list of :class:`ProofStep`. A step holds two sympy
+expressions ``lhs`` and ``rhs`` and a flag ``verified`` that is ``True`` only when sympy
+reduced ``lhs - rhs`` to exactly zero. Nothing is marked verified by hand.
+
+Notation (SPEC §1-§3)
+---------------------
+* ``W`` (m x n) and ``b`` (m x 1): weight and bias of the MLP's first dense layer.
+* ``f``: the rest of the block, ``f_θ``, an undefined sympy function.
+* ``a = A(C\\Y, x)`` (n x 1), the layer output without the part ``Y`` of the context,
+  assumed non-zero; ``s = ‖a‖² = aᵀa``.
+* ``δ = A(C, x) − A(C\\Y, x)`` (n x 1), so that ``A(C, x) = a + δ``.
+* ``ΔW = (W δ) aᵀ / ‖a‖²`` (m x n), the rank-1 update of the theorem.
+* Dynamics: ``A_i = A(c_1..c_i, x)`` (n x 1), ``A_0 = A(x)``, ``h = 1/‖A_0‖²``,
+  ``W_i = W_0 + W_0 (A_i − A_0) A_0ᵀ h``, ``Δ_i = W_0 (A_i − A_{i+1}) A_0ᵀ``,
+  ``L_i(W) = trace(Δ_iᵀ W)``.
+
+Two kinds of witness
+--------------------
+* ``"matrix symbols, general dimension"``: ``W``, ``a``, ``δ`` ... are sympy ``MatrixSymbol``
+  of symbolic sizes ``m`` and ``n``. Sympy expands the matrix expression; the only extra
+  rule is that a product ``vᵀ v`` of a vector with itself (a 1 x 1 matrix) is the scalar
+  ``‖v‖²`` (``s`` for ``a``, ``1/h`` for ``A_0``). That rule is applied by
+  :func:`_contract_squares` to the factors of every matrix product after expansion.
+  Here ``f`` is an opaque function of the whole vector, not necessarily elementwise.
+* ``"explicit entries, n=.., m=.."``: every entry of every matrix and vector is its own real
+  symbol and ``f`` is applied entry by entry. All quantities are then rational functions of
+  the entries (with opaque ``f(...)`` terms), so ``sympy.cancel`` decides exactly whether a
+  difference is identically zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Iterable, Mapping, Sequence
+
+import sympy
+from sympy.core.function import AppliedUndef
+
+__all__ = [
+    "ProofStep",
+    "theorem_general",
+    "theorem_entries",
+    "dynamics_steps",
+    "all_steps",
+    "report",
+]
+
+GENERAL = "matrix symbols, general dimension"
+
+
+@dataclass(frozen=True)
+class ProofStep:
+    """One checked identity ``lhs = rhs``.
+
+    Attributes:
+        name: short unique id, e.g. ``"patched-preactivation"``.
+        claim: one sentence in plain English saying what is shown.
+        lhs, rhs: the two sides that sympy compared (``rhs`` is ``0`` or a zero matrix when
+            the step shows that an expression vanishes).
+        verified: ``True`` iff sympy reduced ``lhs - rhs`` to exactly zero.
+        method: ``"matrix symbols, general dimension"`` or ``"explicit entries, n=.., m=.."``.
+    """
+
+    name: str
+    claim: str
+    lhs: sympy.Basic
+    rhs: sympy.Basic
+    verified: bool
+    method: str
+
+    def latex(self) -> str:
+        """Return ``r"lhs = rhs"`` in LaTeX, for display."""
+        return f"{sympy.latex(self.lhs)} = {sympy.latex(self.rhs)}"
+
+
+# ---------------------------------------------------------------------------
+# The verification machinery
+# ---------------------------------------------------------------------------
+
+
+def _contract_squares(product: sympy.MatMul, squares: Mapping[sympy.MatrixSymbol, sympy.Expr]) -> sympy.Basic:
+    """Replace every adjacent pair ``vᵀ v`` in a matrix product by the scalar ``squares[v]``.
+
+    ``product`` is a ``MatMul`` (scalar coefficient, then matrix factors in order); ``v`` is
+    an (k x 1) ``MatrixSymbol`` key of ``squares``. A stack is used so that contractions
+    created by an earlier one (``vᵀ (v vᵀ) v``) are found too. A product that contracts
+    completely is a 1 x 1 matrix and is returned as ``scalar * Identity(1)``.
+    """
+    coefficient: sympy.Expr = sympy.Integer(1)
+    stack: list[sympy.Basic] = []
+    for factor in product.args:
+        if not getattr(factor, "is_Matrix", False):
+            coefficient *= factor
+            continue
+        top = stack[-1] if stack else None
+        if isinstance(top, sympy.Transpose) and top.arg == factor and factor in squares:
+            stack.pop()
+            coefficient *= squares[factor]
+        else:
+            stack.append(factor)
+    if not stack:
+        return coefficient * sympy.Identity(1)
+    return sympy.MatMul(coefficient, *stack)
+
+
+def _canonical_matrix_expr(expr: sympy.Basic, squares: Mapping[sympy.MatrixSymbol, sympy.Expr]) -> sympy.Basic:
+    """Expand a matrix expression, contract the squares ``vᵀv`` and collect terms.
+
+    Arguments of undefined functions (``f(W a + b)``) are brought to the same canonical form
+    first, so that ``f(u) - f(v)`` cancels exactly when ``u`` and ``v`` agree.
+    """
+
+    def canonical(e: sympy.Basic) -> sympy.Basic:
+        e = sympy.expand(e)
+        e = e.replace(lambda x: isinstance(x, sympy.MatMul), lambda x: _contract_squares(x, squares))
+        return sympy.expand(e.doit())
+
+    expr = expr.replace(
+        lambda x: isinstance(x, AppliedUndef),
+        lambda x: x.func(*[canonical(arg) for arg in x.args]),
+    )
+    return canonical(expr)
+
+
+def _canonical_explicit(expr: sympy.Basic) -> sympy.Basic:
+    """Cancel an explicit scalar or matrix (and the arguments of undefined functions in it)."""
+    expr = expr.replace(
+        lambda x: isinstance(x, AppliedUndef),
+        lambda x: x.func(*[sympy.cancel(arg) for arg in x.args]),
+    )
+    if isinstance(expr, sympy.MatrixBase):
+        return expr.applyfunc(sympy.cancel)
+    return sympy.cancel(expr)
+
+
+def _is_exact_zero(expr: sympy.Basic) -> bool:
+    """True iff ``expr`` is literally the number 0, a ``ZeroMatrix`` or an all-zero matrix."""
+    if isinstance(expr, sympy.ZeroMatrix):
+        return True
+    if isinstance(expr, sympy.MatrixBase):
+        return all(entry == 0 for entry in expr)
+    return expr == 0
+
+
+def _verify(
+    lhs: sympy.Basic,
+    rhs: sympy.Basic,
+    squares: Mapping[sympy.MatrixSymbol, sympy.Expr] | None = None,
+) -> bool:
+    """Return True iff sympy reduces ``lhs - rhs`` to exactly zero.
+
+    Expressions that contain ``MatrixSymbol`` are handled as matrix expressions of general
+    dimension (expand, contract ``vᵀv -> squares[v]``, ``doit``); all others are explicit
+    and each entry is put over a common denominator with ``sympy.cancel``.
+    """
+    difference = lhs - rhs
+    if difference.atoms(sympy.MatrixSymbol):
+        reduced = _canonical_matrix_expr(difference, squares or {})
+        if not _is_exact_zero(reduced):
+            reduced = sympy.simplify(reduced)
+    else:
+        reduced = _canonical_explicit(difference)
+    return _is_exact_zero(reduced)
+
+
+def _step(
+    name: str,
+    claim: str,
+    lhs: sympy.Basic,
+    rhs: sympy.Basic,
+    method: str,
+    squares: Mapping[sympy.MatrixSymbol, sympy.Expr] | None = None,
+) -> ProofStep:
+    """Build a :class:`ProofStep` whose ``verified`` flag comes from :func:`_verify`."""
+    return ProofStep(name, claim, lhs, rhs, _verify(lhs, rhs, squares), method)
+
+
+def _check_size(**sizes: int) -> None:
+    """Raise ValueError unless every given size is an integer >= 1."""
+    for label, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
+
+
+def _entries_method(n: int, m: int) -> str:
+    return f"explicit entries, n={n}, m={m}"
+
+
+def _matrix(name: str, rows: int, cols: int) -> sympy.Matrix:
+    """A (rows x cols) matrix whose entry (i, j) is the real symbol ``name_{i,j}`` (1-based)."""
+    return sympy.Matrix(rows, cols, lambda i, j: sympy.Symbol(f"{name}_{{{i + 1},{j + 1}}}", real=True))
+
+
+def _vector(name: str, size: int) -> sympy.Matrix:
+    """A (size x 1) column whose entry i is the real symbol ``name_{i}`` (1-based)."""
+    return sympy.Matrix(size, 1, lambda i, _: sympy.Symbol(f"{name}_{{{i + 1}}}", real=True))
+
+
+def _squared_norm(v: sympy.Matrix) -> sympy.Expr:
+    """``‖v‖² = vᵀv`` of an explicit column (or the squared Frobenius norm of a matrix)."""
+    return sum((entry**2 for entry in v), sympy.Integer(0))
+
+
+# ---------------------------------------------------------------------------
+# Theorem, general dimension
+# ---------------------------------------------------------------------------
+
+
+def _general_symbols() -> dict[str, sympy.Basic]:
+    """MatrixSymbols of symbolic sizes: W (m x n), a, δ, δ₁, δ₂ (n x 1), b (m x 1), B (m x n)."""
+    m, n = sympy.symbols("m n", integer=True, positive=True)
+    return {
+        "W": sympy.MatrixSymbol("W", m, n),
+        "B": sympy.MatrixSymbol("B", m, n),
+        "a": sympy.MatrixSymbol("a", n, 1),
+        "delta": sympy.MatrixSymbol("delta", n, 1),
+        "delta1": sympy.MatrixSymbol("delta_1", n, 1),
+        "delta2": sympy.MatrixSymbol("delta_2", n, 1),
+        "b": sympy.MatrixSymbol("b", m, 1),
+        "s": sympy.Symbol(r"\|a\|^{2}", positive=True),
+        "n": n,
+    }
+
+
+def _patched_preactivation_general(update: sympy.MatrixExpr) -> ProofStep:
+    """Check ``(W + update) a = W (a + δ)`` in general dimension, with ``aᵀa = ‖a‖²``.
+
+    ``update`` is an (m x n) matrix expression in the symbols of :func:`_general_symbols`.
+    With the theorem's ``ΔW = W δ aᵀ / ‖a‖²`` the step is verified; a wrong update is not.
+    """
+    g = _general_symbols()
+    W, a, delta, s = g["W"], g["a"], g["delta"], g["s"]
+    return _step(
+        "patched-preactivation",
+        "The patched weight maps the reduced input a = A(C\\Y, x) to the same pre-activation "
+        "as W maps the full input A(C, x) = a + δ, because aᵀa = ‖a‖².",
+        (W + update) * a,
+        W * (a + delta),
+        GENERAL,
+        {a: s},
+    )
+
+
+def theorem_general() -> list[ProofStep]:
+    """Steps of the theorem (SPEC §2) with MatrixSymbols of general size.
+
+    Shapes: ``W`` (m x n), ``a``, ``δ``, ``δ₁``, ``δ₂`` (n x 1), ``b`` (m x 1), ``B`` (m x n),
+    ``‖a‖²`` a positive scalar symbol standing for the 1 x 1 product ``aᵀa``; ``f`` is an
+    undefined function of the whole m-vector.
+
+    Returns the steps ``patched-preactivation``, ``patched-output``, ``null-direction``,
+    ``non-uniqueness``, ``corollary-full-context``, ``bias-alternative``, ``compose-sum`` and
+    ``compose-patch``. Rank, norm and minimum-norm facts are in :func:`theorem_entries`.
+    """
+    g = _general_symbols()
+    W, B, a, delta, b, s, n = g["W"], g["B"], g["a"], g["delta"], g["b"], g["s"], g["n"]
+    delta1, delta2 = g["delta1"], g["delta2"]
+    f = sympy.Function("f")
+    squares = {a: s}
+    dW = W * delta * a.T / s
+    null = B * (sympy.Identity(n) - a * a.T / s)
+
+    steps = [_patched_preactivation_general(dW)]
+    steps.append(
+        _step(
+            "patched-output",
+            "Applying f(· + b) to both sides: the block with weight W + ΔW on the reduced "
+            "context gives the block with weight W on the full context, "
+            "T_{W+ΔW}(C\\Y, x) = f(W A(C, x) + b) = T_W(C, x), for any function f.",
+            f((W + dW) * a + b),
+            f(W * (a + delta) + b),
+            GENERAL,
+            squares,
+        )
+    )
+    steps.append(
+        _step(
+            "null-direction",
+            "N = B (I − a aᵀ/‖a‖²) annihilates a for every m x n matrix B (and every N with "
+            "N a = 0 has this form, with B = N).",
+            null * a,
+            sympy.ZeroMatrix(W.shape[0], 1),
+            GENERAL,
+            squares,
+        )
+    )
+    steps.append(
+        _step(
+            "non-uniqueness",
+            "Adding any such N to ΔW gives another patch: (W + ΔW + N) a = W A(C, x), so the "
+            "update is not unique.",
+            (W + dW + null) * a,
+            W * (a + delta),
+            GENERAL,
+            squares,
+        )
+    )
+
+    # Corollary Y = C: the reference input is A(x), the full one A(C, x).
+    A_x = sympy.MatrixSymbol("A(x)", *a.shape)
+    A_Cx = sympy.MatrixSymbol("A(C, x)", *a.shape)
+    s_x = sympy.Symbol(r"\|A(x)\|^{2}", positive=True)
+    dW_full = W * (A_Cx - A_x) * A_x.T / s_x
+    steps.append(
+        _step(
+            "corollary-full-context",
+            "With Y = C the whole context is absorbed: T_{W+ΔW}(x) = T_W(C, x) for "
+            "ΔW = W (A(C, x) − A(x)) A(x)ᵀ / ‖A(x)‖².",
+            f((W + dW_full) * A_x + b),
+            f(W * A_Cx + b),
+            GENERAL,
+            {A_x: s_x},
+        )
+    )
+    steps.append(
+        _step(
+            "bias-alternative",
+            "The same effect is a shift of the first bias by Δb = W δ: f(W a + (b + W δ)) = "
+            "f(W A(C, x) + b).",
+            f(W * a + (b + W * delta)),
+            f(W * (a + delta) + b),
+            GENERAL,
+            squares,
+        )
+    )
+
+    # Composition: A(C, x) = a + δ₁ + δ₂, where δ₁ comes from Y₁ and δ₂ from Y₂.
+    dW1 = W * delta1 * a.T / s
+    dW2 = W * delta2 * a.T / s
+    steps.append(
+        _step(
+            "compose-sum",
+            "For Y = Y₁ ∪ Y₂ with A(C, x) = a + δ₁ + δ₂, the update is the sum of the two "
+            "increments W δ₁ aᵀ/‖a‖² and W δ₂ aᵀ/‖a‖², which share the right factor "
+            "aᵀ/‖a‖² (so the sum still has rank at most 1).",
+            dW1 + dW2,
+            W * (delta1 + delta2) * a.T / s,
+            GENERAL,
+            squares,
+        )
+    )
+    steps.append(
+        _step(
+            "compose-patch",
+            "Absorbing Y₁ and then Y₂ by adding both increments to W reproduces the full "
+            "context: (W + ΔW₁ + ΔW₂) a = W (a + δ₁ + δ₂).",
+            (W + dW1 + dW2) * a,
+            W * (a + delta1 + delta2),
+            GENERAL,
+            squares,
+        )
+    )
+    return steps
+
+
+# ---------------------------------------------------------------------------
+# Theorem, explicit entries
+# ---------------------------------------------------------------------------
+
+
+def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
+    """Steps of the theorem (SPEC §2) with every entry its own real symbol.
+
+    Shapes: ``W``, ``B`` (m x n); ``a``, ``δ``, ``δ₁``, ``δ₂`` (n x 1); ``b`` (m x 1);
+    ``‖a‖² = Σ_j a_j²`` written out; ``f`` applied entry by entry.
+
+    Covers the same identities as :func:`theorem_general` (names ending in ``.entries``)
+    plus the facts that need entries: ``rank-one``, ``rank-one-nonzero``,
+    ``frobenius-norm``, ``minimum-norm-orthogonal`` and ``minimum-norm-pythagoras``.
+
+    Raises:
+        ValueError: if ``n`` or ``m`` is not an integer >= 1.
+    """
+    _check_size(n=n, m=m)
+    method = _entries_method(n, m)
+    W, B = _matrix("w", m, n), _matrix("B", m, n)
+    a, delta, b = _vector("a", n), _vector(r"\delta", n), _vector("b", m)
+    delta1, delta2 = _vector(r"\delta^{(1)}", n), _vector(r"\delta^{(2)}", n)
+    f = sympy.Function("f")
+    s = _squared_norm(a)
+    dW = W * delta * a.T / s
+    null = B * (sympy.eye(n) - a * a.T / s)
+
+    def T(weight: sympy.Matrix, inp: sympy.Matrix, bias: sympy.Matrix = b) -> sympy.Matrix:
+        return (weight * inp + bias).applyfunc(f)
+
+    steps = [
+        _step(
+            "patched-preactivation.entries",
+            "Entry by entry, (W + ΔW) a = W (a + δ).",
+            (W + dW) * a,
+            W * (a + delta),
+            method,
+        ),
+        _step(
+            "patched-output.entries",
+            "Entry by entry, with f applied elementwise, T_{W+ΔW}(C\\Y, x) = T_W(C, x).",
+            T(W + dW, a),
+            T(W, a + delta),
+            method,
+        ),
+    ]
+
+    minors = [
+        dW.extract([r1, r2], [c1, c2]).det()
+        for r1, r2 in combinations(range(m), 2)
+        for c1, c2 in combinations(range(n), 2)
+    ]
+    steps.append(
+        _step(
+            "rank-one.entries",
+            "Every 2 x 2 minor of ΔW vanishes, so ΔW has rank at most 1"
+            + (" (here min(n, m) = 1: there are no 2 x 2 minors)." if not minors else "."),
+            sympy.Matrix(len(minors), 1, minors),
+            sympy.zeros(len(minors), 1),
+            method,
+        )
+    )
+    point = {W[i, j]: sympy.Integer(1 if i == j else 0) for i in range(m) for j in range(n)}
+    point.update({a[j]: sympy.Integer(1 if j == 0 else 0) for j in range(n)})
+    point.update({delta[j]: sympy.Integer(1 if j == 0 else 0) for j in range(n)})
+    e11 = sympy.zeros(m, n)
+    e11[0, 0] = 1
+    steps.append(
+        _step(
+            "rank-one-nonzero.entries",
+            "At W = I (m x n), a = δ = e₁ the update is the non-zero matrix E₁₁, so ΔW is "
+            "not identically zero and has rank exactly 1 for generic W, a, δ (whenever W δ ≠ 0, "
+            "since ΔW a = W δ).",
+            dW.subs(point),
+            e11,
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "frobenius-norm.entries",
+            "‖ΔW‖_F² = ‖W δ‖² / ‖a‖².",
+            _squared_norm(dW),
+            _squared_norm(W * delta) / s,
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "null-direction.entries",
+            "N = B (I − a aᵀ/‖a‖²) satisfies N a = 0 for every B.",
+            null * a,
+            sympy.zeros(m, 1),
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "non-uniqueness.entries",
+            "(W + ΔW + N) a = W (a + δ): adding N gives another valid patch.",
+            (W + dW + null) * a,
+            W * (a + delta),
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "minimum-norm-orthogonal.entries",
+            "ΔW is orthogonal to every such N in the Frobenius inner product: trace(ΔWᵀ N) = 0.",
+            (dW.T * null).trace(),
+            sympy.Integer(0),
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "minimum-norm-pythagoras.entries",
+            "Hence ‖ΔW + N‖_F² = ‖ΔW‖_F² + ‖N‖_F²: among all solutions Γ = ΔW + N of "
+            "Γ a = W δ, ΔW has the smallest Frobenius norm.",
+            _squared_norm(dW + null),
+            _squared_norm(dW) + _squared_norm(null),
+            method,
+        )
+    )
+
+    A_x, A_Cx = _vector("A(x)", n), _vector("A(C,x)", n)
+    dW_full = W * (A_Cx - A_x) * A_x.T / _squared_norm(A_x)
+    steps.append(
+        _step(
+            "corollary-full-context.entries",
+            "With Y = C: T_{W+ΔW}(x) = T_W(C, x), ΔW = W (A(C,x) − A(x)) A(x)ᵀ / ‖A(x)‖².",
+            T(W + dW_full, A_x),
+            T(W, A_Cx),
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "bias-alternative.entries",
+            "Shifting the bias by Δb = W δ instead: f(W a + b + W δ) = f(W (a + δ) + b).",
+            T(W, a, b + W * delta),
+            T(W, a + delta),
+            method,
+        )
+    )
+    dW1, dW2 = W * delta1 * a.T / s, W * delta2 * a.T / s
+    steps.append(
+        _step(
+            "compose-sum.entries",
+            "W δ₁ aᵀ/‖a‖² + W δ₂ aᵀ/‖a‖² = W (δ₁ + δ₂) aᵀ/‖a‖².",
+            dW1 + dW2,
+            W * (delta1 + delta2) * a.T / s,
+            method,
+        )
+    )
+    steps.append(
+        _step(
+            "compose-patch.entries",
+            "(W + ΔW₁ + ΔW₂) a = W (a + δ₁ + δ₂).",
+            (W + dW1 + dW2) * a,
+            W * (a + delta1 + delta2),
+            method,
+        )
+    )
+    return steps
+
+
+# ---------------------------------------------------------------------------
+# Implicit dynamics (SPEC §3)
+# ---------------------------------------------------------------------------
+
+
+def _gradient(loss: sympy.Expr, variable: sympy.Matrix) -> sympy.Matrix:
+    """Matrix of partial derivatives ``∂loss/∂variable[r, c]`` (same shape as ``variable``)."""
+    return variable.applyfunc(lambda entry: sympy.diff(loss, entry))
+
+
+def _dynamics_general() -> list[ProofStep]:
+    """The three per-token identities of SPEC §3 for a generic index i, in general dimension.
+
+    Shapes: ``W_0``, ``V`` (m x n); ``A_0``, ``A_i``, ``A_{i+1}`` (n x 1); ``b`` (m x 1);
+    ``h`` a positive scalar with ``A_0ᵀ A_0 = 1/h``. The gradient is sympy's matrix derivative.
+    """
+    m, n = sympy.symbols("m n", integer=True, positive=True)
+    W0, V = sympy.MatrixSymbol("W_0", m, n), sympy.MatrixSymbol("V", m, n)
+    A0 = sympy.MatrixSymbol("A_0", n, 1)
+    Ai, Aj = sympy.MatrixSymbol("A_i", n, 1), sympy.MatrixSymbol("A_{i+1}", n, 1)
+    b = sympy.MatrixSymbol("b", m, 1)
+    h = sympy.Symbol("h", positive=True)
+    f = sympy.Function("f")
+
+    def W(A: sympy.MatrixSymbol) -> sympy.MatrixExpr:
+        return W0 + W0 * (A - A0) * A0.T * h
+
+    Delta_i = W0 * (Ai - Aj) * A0.T
+    grad = sympy.Trace(Delta_i.T * V).diff(V)
+    return [
+        _step(
+            "loss-gradient[i]",
+            "The gradient of the linear loss L_i(V) = trace(Δ_iᵀ V) with respect to V is Δ_i.",
+            grad,
+            Delta_i,
+            GENERAL,
+        ),
+        _step(
+            "gradient-step[i]",
+            "W_{i+1} = W_i − h ∇L_i(W_i): absorbing token i+1 is one gradient step with "
+            "learning rate h = 1/‖A(x)‖².",
+            W(Aj),
+            W(Ai) - h * grad.subs(V, W(Ai)),
+            GENERAL,
+        ),
+        _step(
+            "implicit-equivalence[i]",
+            "T_{W_i}(x) = T_W(c_1..c_i, x): f(W_i A_0 + b) = f(W_0 A_i + b), using A_0ᵀA_0 = 1/h.",
+            f(W(Ai) * A0 + b),
+            f(W0 * Ai + b),
+            GENERAL,
+            {A0: 1 / h},
+        ),
+    ]
+
+
+def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
+    """Steps of the implicit dynamics (SPEC §3).
+
+    First the three per-token identities for a generic index ``i`` in general dimension
+    (names ending in ``[i]``), then, with explicit entries: ``W_0`` (m x n), ``A_0 .. A_tokens``
+    (n x 1, ``A_0 = A(x)``), ``b`` (m x 1), ``h = 1/Σ_j A_{0,j}²``, a free matrix ``V``
+    (m x n) for the gradient, and ``f`` elementwise:
+
+    * ``loss-gradient[i=k]`` for k < tokens: ``∂ trace(Δ_kᵀ V) / ∂V = Δ_k``, entry by entry;
+    * ``gradient-step[i=k]`` for k < tokens: ``W_{k+1} = W_k − h ∇L_k(W_k)``;
+    * ``implicit-equivalence[i=k]`` for k <= tokens: ``f(W_k A_0 + b) = f(W_0 A_k + b)``;
+    * ``telescoping-sum``: ``W_tokens − W_0 = −h Σ_k Δ_k``.
+
+    Raises:
+        ValueError: if ``n``, ``m`` or ``tokens`` is not an integer >= 1.
+    """
+    _check_size(n=n, m=m, tokens=tokens)
+    method = _entries_method(n, m) + f", tokens={tokens}"
+    W0, V, b = _matrix("w", m, n), _matrix("v", m, n), _vector("b", m)
+    A = [_vector(f"A_{{{i}}}", n) for i in range(tokens + 1)]
+    A0 = A[0]
+    h = 1 / _squared_norm(A0)
+    f = sympy.Function("f")
+    Ws = [W0 + W0 * (Ai - A0) * A0.T * h for Ai in A]
+    Deltas = [W0 * (A[i] - A[i + 1]) * A0.T for i in range(tokens)]
+
+    steps = _dynamics_general()
+    for i, Delta in enumerate(Deltas):
+        grad = _gradient((Delta.T * V).trace(), V)
+        steps.append(
+            _step(
+                f"loss-gradient[i={i}]",
+                f"∇_V trace(Δ_{i}ᵀ V) = Δ_{i}, differentiating entry by entry.",
+                grad,
+                Delta,
+                method,
+            )
+        )
+        grad_at_Wi = grad.subs({V[r, c]: Ws[i][r, c] for r in range(m) for c in range(n)})
+        steps.append(
+            _step(
+                f"gradient-step[i={i}]",
+                f"W_{i + 1} = W_{i} − h ∇L_{i}(W_{i}), h = 1/‖A(x)‖².",
+                Ws[i + 1],
+                Ws[i] - h * grad_at_Wi,
+                method,
+            )
+        )
+    for i, Wi in enumerate(Ws):
+        steps.append(
+            _step(
+                f"implicit-equivalence[i={i}]",
+                f"T_{{W_{i}}}(x) = T_W(c_1..c_{i}, x): f(W_{i} A_0 + b) = f(W_0 A_{i} + b).",
+                (Wi * A0 + b).applyfunc(f),
+                (W0 * A[i] + b).applyfunc(f),
+                method,
+            )
+        )
+    steps.append(
+        _step(
+            "telescoping-sum",
+            f"The whole context is the sum of the gradient steps: W_{tokens} − W_0 = −h Σ_i Δ_i.",
+            Ws[tokens] - W0,
+            -h * sum(Deltas, sympy.zeros(m, n)),
+            method,
+        )
+    )
+    return steps
+
+
+# ---------------------------------------------------------------------------
+# Collection and display
+# ---------------------------------------------------------------------------
+
+
+def all_steps() -> list[ProofStep]:
+    """Every step: :func:`theorem_general`, :func:`theorem_entries` and :func:`dynamics_steps`
+    at their default sizes. Step names are unique."""
+    return theorem_general() + theorem_entries() + dynamics_steps()
+
+
+def report(steps: Iterable[ProofStep]) -> str:
+    """A compact text table with one row per step: name, method, verified."""
+    rows: Sequence[ProofStep] = list(steps)
+    header = ("step", "method", "verified")
+    body = [(s.name, s.method, "yes" if s.verified else "NO") for s in rows]
+    widths = [max(len(row[k]) for row in [header, *body]) for k in range(3)]
+    line = "  ".join("-" * w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), line, *(fmt.format(*row) for row in body)]
+    out.append(f"{sum(s.verified for s in rows)}/{len(rows)} steps verified by sympy")
+    return "\n".join(out)
