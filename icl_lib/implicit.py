@@ -90,7 +90,11 @@ def _reference(view: BlockView, tokens: Tensor, keep: Tensor | None) -> tuple[Te
         m, h = view.stream(tokens[:, -1:])
     else:
         m, h = view.stream(tokens, keep)
-    a = m[:, -1]
+    return check_reference(m[:, -1]), None if h is None else h[:, -1]
+
+
+def check_reference(a: Tensor) -> Tensor:
+    """Refuse a zero reference ``a (B, D)``: the theorem divides by ‖a‖²."""
     zero = (a == 0).all(dim=-1)
     if zero.any():
         rows = zero.nonzero().flatten().tolist()
@@ -98,7 +102,7 @@ def _reference(view: BlockView, tokens: Tensor, keep: Tensor | None) -> tuple[Te
             f"the MLP input at the query without the absorbed context, A(x), is exactly zero for batch "
             f"element(s) {rows}: ΔW = W δ aᵀ/‖a‖² is undefined there (no epsilon is added)"
         )
-    return a, None if h is None else h[:, -1]
+    return a
 
 
 def _update(

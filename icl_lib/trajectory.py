@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .implicit import ImplicitUpdate, _check_block_tokens, _reference
+from .implicit import ImplicitUpdate, _check_block_tokens, check_reference
 
 __all__ = ["ImplicitTrajectory", "implicit_trajectory"]
 
@@ -94,7 +94,6 @@ def implicit_trajectory(block: nn.Module, tokens: Tensor) -> ImplicitTrajectory:
     """
     view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, d = tokens.shape
-    a, h_a = _reference(view, tokens, None)
     keep = _prefix_keep(t - 1, tokens.device)
     chunk = max(1, _CHUNK_ELEMENTS // (b * t * t))
     m_steps, h_steps = [], []
@@ -107,8 +106,12 @@ def implicit_trajectory(block: nn.Module, tokens: Tensor) -> ImplicitTrajectory:
         m_steps.append(m[:, -1].view(b, k, d))
         if h is not None:
             h_steps.append(h[:, -1].view(b, k, d))
-    m_steps = torch.cat(m_steps, dim=1)  # (B, N+1, D): A_i
+    m_steps = torch.cat(m_steps, dim=1)  # (B, N+1, D): A_i; A_0 = A(x), so ΔW_0 is exactly zero
+    a = check_reference(m_steps[:, 0])
     u = (m_steps - a[:, None]) @ view.first.weight.T
-    shift = torch.cat(h_steps, dim=1) - h_a[:, None] if h_steps else None
+    shift = None
+    if h_steps:
+        h_steps = torch.cat(h_steps, dim=1)
+        shift = h_steps - h_steps[:, :1]
     update = ImplicitUpdate(u=u, v=a, delta_b=shift, position=t - 1, n_tokens=t)
     return ImplicitTrajectory(update=update, weight=view.first.weight)
