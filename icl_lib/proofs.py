@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from numbers import Integral
 from typing import Iterable, Mapping, Sequence
 
 import sympy
@@ -46,8 +47,10 @@ __all__ = [
     "dynamics_steps",
     "all_steps",
     "report",
+    "GENERAL",
 ]
 
+#: The ``method`` of steps checked with MatrixSymbols of symbolic size.
 GENERAL = "matrix symbols, general dimension"
 
 
@@ -81,7 +84,9 @@ class ProofStep:
 # ---------------------------------------------------------------------------
 
 
-def _contract_squares(product: sympy.MatMul, squares: Mapping[sympy.MatrixSymbol, sympy.Expr]) -> sympy.Basic:
+def _contract_squares(
+    product: sympy.MatMul, squares: Mapping[sympy.MatrixSymbol, sympy.Expr]
+) -> sympy.Basic:
     """Replace every adjacent pair ``vᵀ v`` in a matrix product by the scalar ``squares[v]``.
 
     ``product`` is a ``MatMul`` (scalar coefficient, then matrix factors in order); ``v`` is
@@ -106,7 +111,9 @@ def _contract_squares(product: sympy.MatMul, squares: Mapping[sympy.MatrixSymbol
     return sympy.MatMul(coefficient, *stack)
 
 
-def _canonical_matrix_expr(expr: sympy.Basic, squares: Mapping[sympy.MatrixSymbol, sympy.Expr]) -> sympy.Basic:
+def _canonical_matrix_expr(
+    expr: sympy.Basic, squares: Mapping[sympy.MatrixSymbol, sympy.Expr]
+) -> sympy.Basic:
     """Expand a matrix expression, contract the squares ``vᵀv`` and collect terms.
 
     Arguments of undefined functions (``f(W a + b)``) are brought to the same canonical form
@@ -115,7 +122,9 @@ def _canonical_matrix_expr(expr: sympy.Basic, squares: Mapping[sympy.MatrixSymbo
 
     def canonical(e: sympy.Basic) -> sympy.Basic:
         e = sympy.expand(e)
-        e = e.replace(lambda x: isinstance(x, sympy.MatMul), lambda x: _contract_squares(x, squares))
+        e = e.replace(
+            lambda x: isinstance(x, sympy.MatMul), lambda x: _contract_squares(x, squares)
+        )
         return sympy.expand(e.doit())
 
     expr = expr.replace(
@@ -136,6 +145,18 @@ def _canonical_explicit(expr: sympy.Basic) -> sympy.Basic:
     return sympy.cancel(expr)
 
 
+def _evaluate_derivatives(expr: sympy.Basic) -> sympy.Basic:
+    """Carry out every unevaluated ``Derivative`` in ``expr`` with sympy's ``diff``.
+
+    Steps keep a gradient unevaluated in ``lhs`` so that it displays as ``∂L/∂V``; sympy's
+    (matrix) differentiation computes it here, at verification time.
+    """
+    return expr.replace(
+        lambda x: isinstance(x, sympy.Derivative),
+        lambda x: x.expr.diff(*x.variable_count),
+    )
+
+
 def _is_exact_zero(expr: sympy.Basic) -> bool:
     """True iff ``expr`` is literally the number 0, a ``ZeroMatrix`` or an all-zero matrix."""
     if isinstance(expr, sympy.ZeroMatrix):
@@ -152,11 +173,12 @@ def _verify(
 ) -> bool:
     """Return True iff sympy reduces ``lhs - rhs`` to exactly zero.
 
+    Unevaluated derivatives are computed first (:func:`_evaluate_derivatives`).
     Expressions that contain ``MatrixSymbol`` are handled as matrix expressions of general
     dimension (expand, contract ``vᵀv -> squares[v]``, ``doit``); all others are explicit
     and each entry is put over a common denominator with ``sympy.cancel``.
     """
-    difference = lhs - rhs
+    difference = _evaluate_derivatives(lhs) - _evaluate_derivatives(rhs)
     if difference.atoms(sympy.MatrixSymbol):
         reduced = _canonical_matrix_expr(difference, squares or {})
         if not _is_exact_zero(reduced):
@@ -181,7 +203,7 @@ def _step(
 def _check_size(**sizes: int) -> None:
     """Raise ValueError unless every given size is an integer >= 1."""
     for label, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
 
 
@@ -552,12 +574,13 @@ def _dynamics_general() -> list[ProofStep]:
         return W0 + W0 * (A - A0) * A0.T * h
 
     Delta_i = W0 * (Ai - Aj) * A0.T
-    grad = sympy.Trace(Delta_i.T * V).diff(V)
+    loss = sympy.Trace(Delta_i.T * V)
+    grad = loss.diff(V)
     return [
         _step(
             "loss-gradient[i]",
             "The gradient of the linear loss L_i(V) = trace(Δ_iᵀ V) with respect to V is Δ_i.",
-            grad,
+            sympy.Derivative(loss, V, evaluate=False),
             Delta_i,
             GENERAL,
         ),
@@ -585,7 +608,7 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
 
     First the three per-token identities for a generic index ``i`` in general dimension
     (names ending in ``[i]``), then, with explicit entries: ``W_0`` (m x n), ``A_0 .. A_tokens``
-    (n x 1, ``A_0 = A(x)``), ``b`` (m x 1), ``h = 1/Σ_j A_{0,j}²``, a free matrix ``V``
+    (n x 1, ``A_0 = A(x)``, entry k of ``A_i`` named ``A_{i,k}``), ``b`` (m x 1), ``h = 1/Σ_j A_{0,j}²``, a free matrix ``V``
     (m x n) for the gradient, and ``f`` elementwise:
 
     * ``loss-gradient[i=k]`` for k < tokens: ``∂ trace(Δ_kᵀ V) / ∂V = Δ_k``, entry by entry;
@@ -599,7 +622,10 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
     _check_size(n=n, m=m, tokens=tokens)
     method = _entries_method(n, m) + f", tokens={tokens}"
     W0, V, b = _matrix("w", m, n), _matrix("v", m, n), _vector("b", m)
-    A = [_vector(f"A_{{{i}}}", n) for i in range(tokens + 1)]
+    A = [
+        sympy.Matrix(n, 1, lambda k, _, i=i: sympy.Symbol(f"A_{{{i},{k + 1}}}", real=True))
+        for i in range(tokens + 1)
+    ]
     A0 = A[0]
     h = 1 / _squared_norm(A0)
     f = sympy.Function("f")
@@ -608,12 +634,13 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
 
     steps = _dynamics_general()
     for i, Delta in enumerate(Deltas):
-        grad = _gradient((Delta.T * V).trace(), V)
+        loss = (Delta.T * V).trace()
+        grad = _gradient(loss, V)
         steps.append(
             _step(
                 f"loss-gradient[i={i}]",
                 f"∇_V trace(Δ_{i}ᵀ V) = Δ_{i}, differentiating entry by entry.",
-                grad,
+                V.applyfunc(lambda entry: sympy.Derivative(loss, entry, evaluate=False)),
                 Delta,
                 method,
             )

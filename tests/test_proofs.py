@@ -1,0 +1,128 @@
+"""Tests of icl_lib.proofs: every symbolic step verifies, and the checker can also say no."""
+
+from __future__ import annotations
+
+import pytest
+import sympy
+
+from icl_lib import proofs
+
+# The identities asked for (SPEC §2 and §3); a step's base id drops the ".entries" suffix
+# and the "[i...]" index.
+REQUIRED = {
+    "patched-preactivation",  # (W + ΔW) a = W (a + δ)
+    "patched-output",  # T_{W+ΔW}(C\Y, x) = T_W(C, x)
+    "rank-one",  # all 2x2 minors vanish
+    "rank-one-nonzero",  # ΔW is not identically zero
+    "frobenius-norm",  # ‖ΔW‖_F² = ‖Wδ‖²/‖a‖²
+    "null-direction",  # N a = 0
+    "non-uniqueness",  # (W + ΔW + N) a = W A(C, x)
+    "minimum-norm-orthogonal",  # trace(ΔWᵀ N) = 0
+    "minimum-norm-pythagoras",  # ‖ΔW + N‖² = ‖ΔW‖² + ‖N‖²
+    "corollary-full-context",  # Y = C
+    "bias-alternative",  # Δb = W δ
+    "compose-sum",  # increments share the right factor
+    "compose-patch",  # (W + ΔW₁ + ΔW₂) a = W (a + δ₁ + δ₂)
+    "loss-gradient",  # ∇ trace(Δ_iᵀ W) = Δ_i
+    "gradient-step",  # W_{i+1} = W_i − h ∇L_i(W_i)
+    "implicit-equivalence",  # T_{W_i}(x) = T_W(c_1..c_i, x)
+    "telescoping-sum",  # W_N − W_0 = −h Σ Δ_i
+}
+
+
+def base_id(name: str) -> str:
+    return name.split("[")[0].split(".")[0]
+
+
+@pytest.fixture(scope="module")
+def steps() -> list[proofs.ProofStep]:
+    return proofs.all_steps()
+
+
+def test_every_step_is_verified(steps):
+    failed = [s.name for s in steps if not s.verified]
+    assert not failed, proofs.report(steps)
+
+
+def test_names_are_unique_and_cover_the_list(steps):
+    names = [s.name for s in steps]
+    assert len(names) == len(set(names))
+    assert REQUIRED <= {base_id(name) for name in names}
+
+
+def test_general_dimension_and_entries_witnesses(steps):
+    general = {base_id(s.name) for s in steps if s.method == proofs.GENERAL}
+    assert {"patched-preactivation", "patched-output", "non-uniqueness", "corollary-full-context"} <= general
+    assert all(s.method.startswith("explicit entries") for s in steps if s.name.endswith(".entries"))
+
+
+def test_dynamics_has_one_step_per_token():
+    names = [s.name for s in proofs.dynamics_steps(n=1, m=2, tokens=4)]
+    assert sum(name.startswith("gradient-step[i=") for name in names) == 4
+    assert sum(name.startswith("implicit-equivalence[i=") for name in names) == 5
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 1), (2, 3), (3, 1)])
+def test_theorem_entries_at_other_sizes(n, m):
+    result = proofs.theorem_entries(n=n, m=m)
+    assert all(s.verified for s in result), proofs.report(result)
+    assert all(s.method == f"explicit entries, n={n}, m={m}" for s in result)
+
+
+def test_dynamics_at_other_size():
+    result = proofs.dynamics_steps(n=1, m=1, tokens=1)
+    assert all(s.verified for s in result), proofs.report(result)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_sizes_raise(bad):
+    with pytest.raises(ValueError):
+        proofs.theorem_entries(n=bad)
+    with pytest.raises(ValueError):
+        proofs.theorem_entries(m=bad)
+    with pytest.raises(ValueError):
+        proofs.dynamics_steps(tokens=bad)
+
+
+def test_wrong_update_is_not_verified_general_dimension():
+    g = proofs._general_symbols()
+    W, a, delta, s = g["W"], g["a"], g["delta"], g["s"]
+    right = proofs._patched_preactivation_general(W * delta * a.T / s)
+    wrong = proofs._patched_preactivation_general(W * delta * delta.T / s)  # aᵀ -> δᵀ
+    unnormalised = proofs._patched_preactivation_general(W * delta * a.T)  # no 1/‖a‖²
+    assert right.verified
+    assert not wrong.verified
+    assert not unnormalised.verified
+
+
+def test_wrong_identities_are_not_verified_explicit_entries():
+    W, a, delta = proofs._matrix("w", 2, 3), proofs._vector("a", 3), proofs._vector("d", 3)
+    s = proofs._squared_norm(a)
+    assert proofs._verify((W + W * delta * a.T / s) * a, W * (a + delta))
+    assert not proofs._verify((W + W * delta * delta.T / s) * a, W * (a + delta))
+    dW = W * delta * a.T / s
+    assert not proofs._verify(proofs._squared_norm(dW), proofs._squared_norm(W * delta) / s**2)
+    f = sympy.Function("f")
+    assert not proofs._verify(f(a[0] + a[1]), f(a[0] + a[2]))
+
+
+def test_wrong_gradient_is_not_verified():
+    m, n = sympy.symbols("m n", integer=True, positive=True)
+    W0, V = sympy.MatrixSymbol("W_0", m, n), sympy.MatrixSymbol("V", m, n)
+    A0, A1 = sympy.MatrixSymbol("A_0", n, 1), sympy.MatrixSymbol("A_1", n, 1)
+    Delta = W0 * (A0 - A1) * A0.T
+    gradient = sympy.Derivative(sympy.Trace(Delta.T * V), V, evaluate=False)
+    assert proofs._verify(gradient, Delta)
+    assert not proofs._verify(gradient, -Delta)
+    h = sympy.Symbol("h", positive=True)
+    patched = (W0 + W0 * (A1 - A0) * A0.T * h) * A0
+    assert proofs._verify(patched, W0 * A1, {A0: 1 / h})
+    assert not proofs._verify(patched, W0 * A1, {A0: h})  # wrong learning rate
+
+
+def test_latex_and_report(steps):
+    first = steps[0]
+    assert first.latex() == f"{sympy.latex(first.lhs)} = {sympy.latex(first.rhs)}"
+    table = proofs.report(steps)
+    assert all(s.name in table for s in steps)
+    assert f"{len(steps)}/{len(steps)} steps verified" in table
