@@ -1,0 +1,598 @@
+"""How much the exact implicit updates cost, measured against a plain forward pass.
+
+Run ``python -m icl_lib.bench`` (``--help`` for the options; ``--quick`` is a smoke test).
+For every configuration of a grid (batch ``B``, context ``N``, width ``D``, MLP width
+``H = 4D``, depth ``L`` of a pre-LN :class:`icl_lib.Transformer`) and dtype, it measures:
+
+(a) ``forward``: ``model(tokens)``, one plain forward pass with the context (ratio 1.0);
+(b) ``query``: ``network_update(model, tokens)``, the query-position update of every block;
+(c) ``all``: ``network_update(model, tokens, position="all")``, every position of every block;
+(d) ``naive``: a reference that loops over positions in Python and writes a dense
+    ``ΔW (H, D)`` per position and per block into a ``(B, T, H, D)`` tensor;
+(e) ``patched``: the theorem checked at every position of every block: one batched
+    :func:`icl_lib.forward_with_update` call per block with the stacked update (no module copies),
+    whose ``(B, T, D)`` result must equal the block's prompted outputs.
+
+Timings: ``torch.no_grad()``, warm-up rounds, then the median of ``repeats`` rounds of
+``time.perf_counter`` (with a device synchronisation around each call on CUDA); the calls of one
+configuration are interleaved round by round, so slow drifts of a shared machine hit them alike.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
+call. On the CPU, the tensor allocations and frees that torch's allocator reports to
+``torch.profiler`` (``profile_memory=True``) during one separate, untimed call, replayed in time
+order: the peak of the running sum is the most tensor memory the call held at once beyond what
+was live before it (its returned tensors included). Memory held by the Python interpreter and
+allocator caches is not counted; ``tracemalloc`` cannot see torch tensors at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from .blocks import Block, Transformer
+from .implicit import ImplicitUpdate, block_inputs, forward_with_update, network_update
+from .seeding import seed_everything
+
+__all__ = [
+    "Size",
+    "Measurement",
+    "DEFAULT_GRID",
+    "QUICK_GRID",
+    "TOLERANCE",
+    "build_model",
+    "naive_network_update",
+    "patched_outputs",
+    "dense_error",
+    "peak_bytes",
+    "measure",
+    "run_benchmark",
+    "target_lines",
+    "main",
+]
+
+QUERY_TARGET = 1.2  # (b) / (a) at most
+ALL_TARGET = 1.5  # (c) / (a) at most
+NAIVE_TARGET = 10.0  # (d) / (c) at least ...
+NAIVE_TARGET_CONTEXT = 200  # ... at this context length
+# Relative errors the library promises for the theorem's identity (as in the unit tests).
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Size:
+    """One grid point: batch ``B``, context length ``N`` (``T = N + 1``), width ``D``, depth ``L``."""
+
+    batch: int
+    context: int
+    width: int
+    depth: int
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "context", "width", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Size.{name} must be a positive int, got {value!r}")
+        if self.width < 2:
+            raise ValueError("Size.width must be at least 2: LayerNorm of a width-1 token is zero")
+
+    @property
+    def hidden(self) -> int:
+        """``H = 4 D``."""
+        return 4 * self.width
+
+    @property
+    def tokens(self) -> int:
+        """``T = N + 1``."""
+        return self.context + 1
+
+    @property
+    def heads(self) -> int:
+        """Attention heads: one per 64 channels (head width 64), at least one."""
+        return max(1, self.width // 64)
+
+
+# The default grid finishes in a few minutes on a 2-core CPU; it holds N = 200 (the naive
+# target), N = 1000 and D = 256.
+DEFAULT_GRID = (
+    Size(batch=8, context=200, width=64, depth=2),
+    Size(batch=1, context=200, width=256, depth=2),
+    Size(batch=2, context=500, width=128, depth=4),
+    Size(batch=4, context=1000, width=64, depth=2),
+    Size(batch=1, context=1000, width=256, depth=2),
+)
+QUICK_GRID = (
+    Size(batch=2, context=20, width=16, depth=2),
+    Size(batch=1, context=200, width=32, depth=2),
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Everything measured for one configuration.
+
+    Attributes:
+        size, dtype: the configuration.
+        seconds: median seconds per call, keys ``forward, query, all, patched`` and ``naive``
+            when the naive reference ran.
+        peak: peak bytes per call, same keys.
+        factor_bytes: bytes of ``u``, ``v`` and ``delta_b`` of every block for ``position="all"``.
+        bound_bytes: ``L · B · T · (H + D) · itemsize``, the ``O(B·T·(H + D))`` bound per block.
+        dense_bytes: ``L · B · T · H · D · itemsize``, the dense ``ΔW`` of every position.
+        naive_error: relative error between the naive dense ``ΔW`` / ``Δb′`` and the library's
+            (``None`` when the naive reference was skipped).
+        theorem_error: relative error between the patched outputs (e) and the prompted outputs.
+    """
+
+    size: Size
+    dtype: torch.dtype
+    seconds: dict[str, float]
+    peak: dict[str, int]
+    factor_bytes: int
+    bound_bytes: int
+    dense_bytes: int
+    naive_error: float | None
+    theorem_error: float
+
+    def ratio(self, name: str, base: str = "forward") -> float | None:
+        """``seconds[name] / seconds[base]``, or ``None`` when either was not measured."""
+        if name not in self.seconds or base not in self.seconds:
+            return None
+        return self.seconds[name] / self.seconds[base]
+
+    @property
+    def label(self) -> str:
+        s = self.size
+        return f"{_dtype_name(self.dtype)} B={s.batch} N={s.context} D={s.width} L={s.depth}"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def build_model(size: Size, dtype: torch.dtype, device: torch.device, seed: int = 0) -> tuple[Transformer, Tensor]:
+    """A pre-LN residual :class:`Transformer` in eval mode and a prompt ``(B, N + 1, D)``."""
+    seed_everything(seed, threads=torch.get_num_threads())  # keep the caller's thread count
+    model = Transformer(size.width, size.depth, size.hidden, n_heads=size.heads, residual=True, layer_norm=True)
+    model = model.to(device=device, dtype=dtype).eval()
+    tokens = torch.randn(size.batch, size.tokens, size.width, dtype=dtype, device=device)
+    return model, tokens
+
+
+def naive_network_update(model: Transformer, tokens: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The reference the library is compared with: a Python loop over positions, dense matrices.
+
+    For every block (input ``z``), straight from its submodules: ``h = z + A(LN₁ z)``,
+    ``m = LN₂ h``; the query alone gives ``h_x`` and ``a = LN₂ h_x``. Then, position by position,
+    ``ΔW_p = W (m_p − a) aᵀ / ‖a‖²`` is written as an ``(H, D)`` matrix per batch element into a
+    dense ``(B, T, H, D)`` tensor, and ``Δb′_p = h_p − h_x`` into ``(B, T, D)``.
+
+    Args:
+        model: an :class:`icl_lib.Transformer` of residual blocks.
+        tokens: ``(B, T, in_dim)``.
+
+    Returns:
+        one ``(ΔW (B, T, H, D), Δb′ (B, T, D))`` pair per block.
+    """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"the naive reference needs an icl_lib.Transformer, got {type(model).__name__}")
+    z = model.embed(tokens)
+    batch, length, width = z.shape
+    pairs = []
+    for block in model.blocks:
+        if not isinstance(block, Block) or not block.residual:
+            raise ValueError("the naive reference covers residual blocks only (Transformer(residual=True))")
+        weight = block.mlp.up.weight  # (H, D)
+        h = z + block.attn(block.ln1(z))
+        m = block.ln2(h)
+        x = z[:, -1:]
+        h_x = (x + block.attn(block.ln1(x)))[:, 0]
+        a = block.ln2(h_x)
+        squared = (a * a).sum(-1)
+        dense = torch.empty(batch, length, weight.shape[0], width, dtype=z.dtype, device=z.device)
+        shift = torch.empty(batch, length, width, dtype=z.dtype, device=z.device)
+        for p in range(length):
+            w_delta = (m[:, p] - a) @ weight.T  # (B, H)
+            dense[:, p] = w_delta[:, :, None] * a[:, None, :] / squared[:, None, None]
+            shift[:, p] = h[:, p] - h_x
+        pairs.append((dense, shift))
+        z = h + block.mlp(m)
+    return pairs
+
+
+def patched_outputs(model: Transformer, updates: Sequence[ImplicitUpdate], inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Every block run on its query alone, patched for every position at once: ``L`` tensors ``(B, T, D)``.
+
+    ``updates`` come from ``network_update(model, tokens, position="all")`` and ``inputs`` from
+    :func:`icl_lib.block_inputs`; entry ``ℓ`` must equal block ``ℓ``'s prompted outputs.
+    """
+    return [
+        forward_with_update(block, update, z[:, -1:]) for block, update, z in zip(model.blocks, updates, inputs)
+    ]
+
+
+def _relative_error(got: Tensor, want: Tensor) -> float:
+    """``max |got − want| / max |want|``."""
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def dense_error(updates: Sequence[ImplicitUpdate], naive: Sequence[tuple[Tensor, Tensor]]) -> float:
+    """The largest relative error between the library's dense ``ΔW``, ``Δb′`` and the naive ones.
+
+    Forms one block's dense ``(B, T, H, D)`` update from its factors at a time.
+    """
+    if len(updates) != len(naive):
+        raise ValueError(f"{len(updates)} updates against {len(naive)} naive blocks")
+    worst = 0.0
+    for update, (dense, shift) in zip(updates, naive):
+        if update.delta_b is None:
+            raise ValueError("the library's update has no Δb′: the block is not residual")
+        worst = max(worst, _relative_error(update.delta_W, dense), _relative_error(update.delta_b, shift))
+    return worst
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's native start/stop log lines) for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak of the running sum of CPU tensor allocations minus frees reported during ``fn()``."""
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    del result
+    kineto = getattr(prof.profiler, "kineto_results", None)
+    if kineto is None:
+        raise RuntimeError("this torch build's profiler exposes no memory events; CPU peak memory is unavailable")
+    events = [e for e in kineto.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """The most tensor memory ``fn()`` held at once beyond what was live before it (see the module doc)."""
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            result = fn()
+            torch.cuda.synchronize(device)
+            del result
+            return torch.cuda.max_memory_allocated(device) - before
+        if device.type != "cpu":
+            raise ValueError(f"peak memory is measured on cpu or cuda only, not {device.type}")
+        return _cpu_peak_bytes(fn)
+
+
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(
+    size: Size,
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 1,
+    naive_max_bytes: int = 1024 * MIB,
+) -> Measurement:
+    """Time and memory of (a)–(e) for one configuration, and the two correctness checks.
+
+    The naive reference runs only when its dense updates fit in ``naive_max_bytes``, and for at
+    most 3 timed rounds (it is slow by design). Its warm-up run feeds the agreement check.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be ≥ 1 and warmup ≥ 0, got repeats={repeats}, warmup={warmup}")
+    model, tokens = build_model(size, dtype, device)
+    itemsize = tokens.element_size()
+    depth, b, t, d, hdim = size.depth, size.batch, size.tokens, size.width, size.hidden
+    dense_bytes = depth * b * t * hdim * d * itemsize
+    run_naive = dense_bytes <= naive_max_bytes
+
+    with torch.no_grad():
+        inputs = block_inputs(model, tokens)
+        every = network_update(model, tokens, position="all")
+        prompted = inputs[1:] + [model.blocks[-1](inputs[-1])]
+        theorem_error = max(_relative_error(got, want) for got, want in zip(patched_outputs(model, every, inputs), prompted))
+        naive_error = None
+        if run_naive:
+            naive_error = dense_error(every, naive_network_update(model, tokens))  # doubles as the warm-up
+    factor_bytes = sum(
+        u.u.nbytes + u.v.nbytes + (0 if u.delta_b is None else u.delta_b.nbytes) for u in every
+    )
+    bound_bytes = depth * b * t * (hdim + d) * itemsize
+
+    calls: dict[str, Callable[[], object]] = {
+        "forward": lambda: model(tokens),
+        "query": lambda: network_update(model, tokens),
+        "all": lambda: network_update(model, tokens, position="all"),
+        "patched": lambda: patched_outputs(model, every, inputs),
+    }
+    naive_call = lambda: naive_network_update(model, tokens)  # noqa: E731
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    if run_naive:
+        samples["naive"] = []
+    with torch.no_grad():
+        for round_ in range(warmup + repeats):
+            for name, fn in calls.items():
+                elapsed = _seconds(fn, device)
+                if round_ >= warmup:
+                    samples[name].append(elapsed)
+            if run_naive and warmup <= round_ < warmup + min(repeats, 3):
+                samples["naive"].append(_seconds(naive_call, device))
+    seconds = {name: statistics.median(values) for name, values in samples.items()}
+    peak = {name: peak_bytes(fn, device) for name, fn in calls.items()}
+    if run_naive:
+        peak["naive"] = peak_bytes(naive_call, device)
+    return Measurement(
+        size=size,
+        dtype=dtype,
+        seconds=seconds,
+        peak=peak,
+        factor_bytes=factor_bytes,
+        bound_bytes=bound_bytes,
+        dense_bytes=dense_bytes,
+        naive_error=naive_error,
+        theorem_error=theorem_error,
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+_COLUMNS = (
+    ("dtype", 7),
+    ("B", 2),
+    ("N", 4),
+    ("D", 3),
+    ("H", 4),
+    ("L", 1),
+    ("(a) ms", 8),
+    ("(b)/(a)", 7),
+    ("(c)/(a)", 7),
+    ("(e)/(a)", 7),
+    ("naive/(c)", 9),
+    ("peak MiB a", 10),
+    ("b", 6),
+    ("c", 6),
+    ("e", 6),
+    ("naive", 7),
+    ("factors MiB", 11),
+    ("bound MiB", 9),
+    ("f/bound", 7),
+    ("dense MiB", 9),
+    ("err naive", 9),
+    ("err (e)", 7),
+)
+
+
+def header() -> str:
+    """The table's column titles and a rule."""
+    titles = " ".join(title.rjust(width) for title, width in _COLUMNS)
+    return titles + "\n" + "-" * len(titles)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "skip" if value is None else format(value, spec)
+
+
+def row(m: Measurement) -> str:
+    """One table line for a measurement."""
+    s = m.size
+    mib = {name: m.peak[name] / MIB if name in m.peak else None for name in ("forward", "query", "all", "patched", "naive")}
+    naive_speedup = m.ratio("naive", "all")
+    cells = (
+        _dtype_name(m.dtype),
+        str(s.batch),
+        str(s.context),
+        str(s.width),
+        str(s.hidden),
+        str(s.depth),
+        f"{m.seconds['forward'] * 1e3:.2f}",
+        f"{m.ratio('query'):.2f}",
+        f"{m.ratio('all'):.2f}",
+        f"{m.ratio('patched'):.2f}",
+        _fmt(naive_speedup, ".1f"),
+        f"{mib['forward']:.1f}",
+        f"{mib['query']:.1f}",
+        f"{mib['all']:.1f}",
+        f"{mib['patched']:.1f}",
+        _fmt(mib["naive"], ".1f"),
+        f"{m.factor_bytes / MIB:.2f}",
+        f"{m.bound_bytes / MIB:.2f}",
+        f"{m.factor_bytes / m.bound_bytes:.3f}",
+        f"{m.dense_bytes / MIB:.0f}",
+        _fmt(m.naive_error, ".1e"),
+        f"{m.theorem_error:.1e}",
+    )
+    return " ".join(cell.rjust(width) for cell, (_, width) in zip(cells, _COLUMNS))
+
+
+def _at_most(results: Sequence[Measurement], name: str, limit: float, title: str) -> str:
+    worst = max(results, key=lambda m: m.ratio(name))
+    value = worst.ratio(name)
+    verdict = "PASS" if value <= limit else f"MISS by {value - limit:.2f}x ({100 * (value / limit - 1):.0f}% over)"
+    return f"{title} <= {limit:.2f}x: {verdict}; worst {value:.2f}x ({worst.label}), over {len(results)} configurations"
+
+
+def target_lines(results: Sequence[Measurement]) -> list[str]:
+    """One PASS/MISS line per target, and the two correctness checks."""
+    if not results:
+        raise ValueError("no measurements to judge")
+    lines = [
+        _at_most(results, "query", QUERY_TARGET, "target (b) network_update / forward"),
+        _at_most(results, "all", ALL_TARGET, 'target (c) network_update(position="all") / forward'),
+    ]
+    at_n = [m for m in results if m.size.context == NAIVE_TARGET_CONTEXT and "naive" in m.seconds]
+    title = f"target (d) naive / (c) at N = {NAIVE_TARGET_CONTEXT} >= {NAIVE_TARGET:.0f}x"
+    if at_n:
+        worst = min(at_n, key=lambda m: m.ratio("naive", "all"))
+        value = worst.ratio("naive", "all")
+        verdict = "PASS" if value >= NAIVE_TARGET else f"MISS by {NAIVE_TARGET - value:.1f}x ({100 * (1 - value / NAIVE_TARGET):.0f}% short)"
+        lines.append(f"{title}: {verdict}; worst {value:.1f}x ({worst.label}), over {len(at_n)} configurations")
+    else:
+        lines.append(f"{title}: NOT RUN (no configuration with N = {NAIVE_TARGET_CONTEXT} ran the naive reference)")
+    # Factors: u (B, T, H) and delta_b (B, T, D) per block, plus v (B, D): bound · (1 + D / (T (H + D))).
+    worst = max(results, key=lambda m: m.factor_bytes / m.bound_bytes)
+    value = worst.factor_bytes / worst.bound_bytes
+    limit = 1 + 1 / worst.size.tokens
+    verdict = "PASS" if value <= limit else f"MISS by {value - limit:.3f}x"
+    lines.append(
+        f"memory of the factors (u, v, delta_b) / (L·B·T·(H+D)·itemsize) <= 1 + 1/T: {verdict}; worst {value:.4f}x ({worst.label})"
+    )
+    bad = [m for m in results if m.theorem_error > TOLERANCE[m.dtype]]
+    lines.append(
+        "check (e) patched outputs == prompted outputs at every position of every block "
+        f"(rel. err <= 1e-12 float64, 1e-5 float32): {'PASS' if not bad else 'FAIL: ' + ', '.join(m.label for m in bad)}"
+        f"; worst {max(m.theorem_error for m in results):.1e}"
+    )
+    compared = [m for m in results if m.naive_error is not None]
+    bad = [m for m in compared if m.naive_error > TOLERANCE[m.dtype]]
+    if compared:
+        lines.append(
+            f"check naive dense ΔW, Δb' == library (same tolerances): {'PASS' if not bad else 'FAIL: ' + ', '.join(m.label for m in bad)}"
+            f"; worst {max(m.naive_error for m in compared):.1e} over {len(compared)} configurations"
+        )
+    return lines
+
+
+def correct(results: Sequence[Measurement]) -> bool:
+    """Whether both correctness checks hold everywhere (timings are never judged here)."""
+    return all(
+        m.theorem_error <= TOLERANCE[m.dtype] and (m.naive_error is None or m.naive_error <= TOLERANCE[m.dtype])
+        for m in results
+    )
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_text = "" if load is None else f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    return f"device {device} ({where}); torch {torch.__version__}; Python {platform.python_version()}{load_text}"
+
+
+MEMORY_METHOD = {
+    "cpu": "peak MiB: CPU tensor memory from torch.profiler(profile_memory=True) allocation/free events of one "
+    "untimed call, peak of their running sum (beyond what was live before the call, outputs included)",
+    "cuda": "peak MiB: torch.cuda.max_memory_allocated during one untimed call minus memory allocated before it",
+}
+
+
+def run_benchmark(
+    sizes: Sequence[Size],
+    dtypes: Sequence[torch.dtype],
+    device: torch.device,
+    repeats: int = 5,
+    naive_max_bytes: int = 1024 * MIB,
+    emit: Callable[[str], None] = print,
+) -> list[Measurement]:
+    """Measure every (dtype, size) pair, emitting the table line by line; returns the measurements."""
+    emit(header())
+    results = []
+    for dtype in dtypes:
+        for size in sizes:
+            results.append(measure(size, dtype, device, repeats=repeats, naive_max_bytes=naive_max_bytes))
+            emit(row(results[-1]))
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m icl_lib.bench",
+        description="Time and peak memory of network_update (query / every position), a naive dense loop, "
+        "and the batched every-position check, against a plain forward pass.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a tiny grid for smoke tests (seconds)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per configuration (median); default 5")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument(
+        "--naive-max-mib",
+        type=float,
+        default=1024.0,
+        help="skip the naive reference where its dense updates would exceed this many MiB (default 1024)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns 0, or 1 if a correctness check failed."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.naive_max_mib < 0:
+        parser.error(f"--naive-max-mib must be non-negative, got {args.naive_max_mib}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r}: {error}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch sees no CUDA device")
+    dtypes = list(DTYPES.values()) if args.dtype == "both" else [DTYPES[args.dtype]]
+    sizes = QUICK_GRID if args.quick else DEFAULT_GRID
+
+    print(f"icl_lib benchmark ({'quick' if args.quick else 'default'} grid): {_machine(device)}")
+    print("(a) model(tokens)  (b) network_update(model, tokens)  (c) network_update(..., position='all')")
+    print("(d) naive: Python loop over positions, dense ΔW (H, D) per position per block into (B, T, H, D)")
+    print("(e) patched: forward_with_update(block, stacked update, query alone) per block, every position at once")
+    print(f"times: median of {args.repeats} interleaved rounds after 1 warm-up round (naive: at most 3), torch.no_grad()")
+    print(MEMORY_METHOD[device.type])
+    print("factors MiB: u, v, delta_b of (c); bound MiB: L·B·T·(H+D)·itemsize; dense MiB: L·B·T·H·D·itemsize")
+    print("err naive: rel. error of library ΔW, Δb' vs naive; err (e): rel. error of (e) vs prompted outputs")
+    print()
+    started = time.perf_counter()
+    results = run_benchmark(sizes, dtypes, device, repeats=args.repeats, naive_max_bytes=int(args.naive_max_mib * MIB))
+    print()
+    for line in target_lines(results):
+        print(line)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    tail = "" if load is None else f"; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    print(f"total {time.perf_counter() - started:.0f} s{tail}")
+    return 0 if correct(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The benchmark's correctness side: its naive reference, its checks and its report.
+
+No timing is asserted here (timings depend on the machine and its load); these tests check that
+the naive dense reference and the library's factored updates agree, that the benchmark's own
+checks can fail, and that the quick mode prints the table and one verdict per target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import TOLERANCE, relative_error
+
+import icl_lib as icl
+from icl_lib import bench
+
+TINY = bench.Size(batch=2, context=7, width=8, depth=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_naive_dense_updates_equal_the_library_factors(dtype: torch.dtype):
+    model, tokens = bench.build_model(TINY, dtype, torch.device("cpu"), seed=3)
+    with torch.no_grad():
+        updates = icl.network_update(model, tokens, position="all")
+        naive = bench.naive_network_update(model, tokens)
+    assert len(naive) == TINY.depth
+    for update, (dense, shift) in zip(updates, naive):
+        assert dense.shape == (TINY.batch, TINY.tokens, TINY.hidden, TINY.width)
+        assert relative_error(update.delta_W, dense) <= TOLERANCE[dtype]
+        assert relative_error(update.delta_b, shift) <= TOLERANCE[dtype]
+    assert bench.dense_error(updates, naive) <= TOLERANCE[dtype]
+
+
+def test_dense_error_sees_a_wrong_update():
+    model, tokens = bench.build_model(TINY, torch.float64, torch.device("cpu"), seed=4)
+    with torch.no_grad():
+        updates = icl.network_update(model, tokens, position="all")
+        naive = bench.naive_network_update(model, tokens)
+    dense, shift = naive[1]
+    spoiled = dense.clone()
+    spoiled[0, 3] += 1e-3 * dense.abs().max()
+    assert bench.dense_error(updates, [naive[0], (spoiled, shift)]) > 1e-4
+
+
+def test_patched_outputs_reproduce_every_position():
+    model, tokens = bench.build_model(TINY, torch.float64, torch.device("cpu"), seed=5)
+    with torch.no_grad():
+        inputs = icl.block_inputs(model, tokens)
+        updates = icl.network_update(model, tokens, position="all")
+        patched = bench.patched_outputs(model, updates, inputs)
+        prompted = inputs[1:] + [model.blocks[-1](inputs[-1])]
+    for got, want in zip(patched, prompted):
+        assert got.shape == (TINY.batch, TINY.tokens, TINY.width)
+        assert relative_error(got, want) <= TOLERANCE[torch.float64]
+
+
+def test_measurement_of_a_tiny_configuration_is_consistent():
+    m = bench.measure(TINY, torch.float64, torch.device("cpu"), repeats=1)
+    assert set(m.seconds) == {"forward", "query", "all", "patched", "naive"} == set(m.peak)
+    assert all(value > 0 for value in m.seconds.values())
+    assert m.naive_error is not None and m.naive_error <= TOLERANCE[torch.float64]
+    assert m.theorem_error <= TOLERANCE[torch.float64]
+    t, h, d, itemsize = TINY.tokens, TINY.hidden, TINY.width, 8
+    # u (B, T, H), delta_b (B, T, D), v (B, D) per block, nothing else.
+    assert m.factor_bytes == TINY.depth * TINY.batch * (t * (h + d) + d) * itemsize
+    assert m.bound_bytes == TINY.depth * TINY.batch * t * (h + d) * itemsize
+    # The profiler-based peak of the every-position update holds at least its own result.
+    assert m.peak["all"] >= m.factor_bytes
+    assert m.peak["naive"] >= m.dense_bytes
+
+
+def test_naive_reference_is_skipped_over_its_memory_budget():
+    m = bench.measure(TINY, torch.float32, torch.device("cpu"), repeats=1, naive_max_bytes=0)
+    assert "naive" not in m.seconds and m.naive_error is None
+    assert "skip" in bench.row(m)
+
+
+def test_cpu_peak_memory_counts_live_tensors():
+    x = torch.ones(256, 256, dtype=torch.float64)  # 512 KiB per tensor like it
+
+    def two_live_then_one():
+        y = x + 1
+        z = y * 2
+        del y
+        return z + 0.5
+
+    peak = bench.peak_bytes(two_live_then_one, torch.device("cpu"))
+    assert 2 * x.nbytes <= peak < 3 * x.nbytes
+
+
+def test_targets_report_misses_and_failures():
+    m = bench.measure(TINY, torch.float64, torch.device("cpu"), repeats=1)
+    slow = dataclasses.replace(m, seconds={**m.seconds, "query": 2.0 * m.seconds["forward"]})
+    line = bench.target_lines([slow])[0]
+    assert line.startswith("target (b)") and "MISS by 0.80x" in line
+    wrong = dataclasses.replace(m, theorem_error=1.0)
+    assert any("FAIL" in line for line in bench.target_lines([wrong]))
+    assert not bench.correct([wrong]) and bench.correct([m])
+
+
+def test_quick_mode_prints_the_table_and_a_verdict_per_target(capsys):
+    assert bench.main(["--quick", "--repeats", "1", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    for column in ("(a) ms", "(b)/(a)", "(c)/(a)", "(e)/(a)", "naive/(c)", "f/bound", "err naive"):
+        assert column in out
+    assert "torch.profiler" in out  # the memory method is stated
+    table = [line for line in out.splitlines() if line.startswith("float64")]
+    assert len(table) == len(bench.QUICK_GRID)
+    for target in ("target (b)", "target (c)", "target (d)", "memory of the factors", "check (e)", "check naive"):
+        verdicts = [line for line in out.splitlines() if line.startswith(target)]
+        assert len(verdicts) == 1 and any(word in verdicts[0] for word in ("PASS", "MISS"))
+
+
+def test_bad_sizes_and_options_are_refused():
+    with pytest.raises(ValueError, match="width"):
+        bench.Size(batch=1, context=3, width=1, depth=1)
+    with pytest.raises(ValueError, match="context"):
+        bench.Size(batch=1, context=0, width=4, depth=1)
+    with pytest.raises(SystemExit):
+        bench.main(["--repeats", "0"])
+    with pytest.raises(TypeError, match="Transformer"):
+        bench.naive_network_update(torch.nn.Sequential(icl.Block(4, 8, residual=True)), torch.randn(1, 3, 4))
