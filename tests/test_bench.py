@@ -94,7 +94,7 @@ def test_targets_report_misses_and_failures():
     m = bench.measure(TINY, torch.float64, torch.device("cpu"), repeats=1)
     slow = dataclasses.replace(m, seconds={**m.seconds, "query": 2.0 * m.seconds["forward"]})
     line = bench.target_lines([slow])[0]
-    assert line.startswith("target (b)") and "MISS by 0.80x" in line
+    assert line.startswith("target (b)") and "MISS by 0.80x" in line.split("; by CPU time")[0]
     wrong = dataclasses.replace(m, theorem_error=1.0)
     assert any("FAIL" in line for line in bench.target_lines([wrong]))
     assert not bench.correct([wrong]) and bench.correct([m])
@@ -106,8 +106,10 @@ def test_quick_mode_prints_the_table_and_a_verdict_per_target(capsys):
     for column in ("(a) ms", "(b)/(a)", "(c)/(a)", "(e)/(a)", "naive/(c)", "f/bound", "err naive"):
         assert column in out
     assert "torch.profiler" in out  # the memory method is stated
-    table = [line for line in out.splitlines() if line.startswith("float64")]
-    assert len(table) == len(bench.QUICK_GRID)
+    rows = [line for line in out.splitlines() if line.startswith("float64")]
+    assert len(rows) == 2 * len(bench.QUICK_GRID)  # the full table, then its timings by CPU time
+    assert all(len(line.split()) == 22 for line in rows[: len(bench.QUICK_GRID)])
+    assert all(len(line.split()) == 11 for line in rows[len(bench.QUICK_GRID) :])
     for target in ("target (b)", "target (c)", "target (d)", "memory of the factors", "check (e)", "check naive"):
         verdicts = [line for line in out.splitlines() if line.startswith(target)]
         assert len(verdicts) == 1 and any(word in verdicts[0] for word in ("PASS", "MISS"))
