@@ -5,6 +5,15 @@ A transformer block turns its context into an exact rank-1 update of its first M
 token-by-token dynamics, and runs the book's experiments.
 """
 
+from .analysis import (
+    block_gaps,
+    mean_sem,
+    network_gap,
+    position_gaps,
+    singular_value_ratio,
+    summed_update,
+    update_cosines,
+)
 from .blocks import MLP, Block, Transformer
 from .contextual import LinearAttention, RecurrentLayer, SelfAttention
 from .implicit import (
@@ -34,4 +43,11 @@ __all__ = [
     "ImplicitTrajectory",
     "implicit_trajectory",
     "seed_everything",
+    "mean_sem",
+    "block_gaps",
+    "network_gap",
+    "position_gaps",
+    "summed_update",
+    "singular_value_ratio",
+    "update_cosines",
 ]
