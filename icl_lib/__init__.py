@@ -5,6 +5,7 @@ A transformer block turns its context into an exact rank-1 update of its first M
 token-by-token dynamics, and runs the book's experiments.
 """
 
+from . import proofs
 from .analysis import (
     block_gaps,
     mean_sem,
@@ -50,4 +51,5 @@ __all__ = [
     "summed_update",
     "singular_value_ratio",
     "update_cosines",
+    "proofs",
 ]
