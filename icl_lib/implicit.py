@@ -251,10 +251,11 @@ def network_update(model: nn.Module, tokens: Tensor, position: int | str = -1) -
     pos = check_position(position, tokens.shape[1])
     z = embed(tokens)
     updates = []
-    for view in views:
+    for i, view in enumerate(views):
         m, h = view.stream(z)
         updates.append(_update(view, z, m, h, None, pos))
-        z = view.finish(view.first(m), h)
+        if i + 1 < len(views):  # the last block's output feeds no update: skip its MLP
+            z = view.finish(view.first(m), h)
     return updates
 
 

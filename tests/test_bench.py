@@ -124,3 +124,17 @@ def test_bad_sizes_and_options_are_refused():
         bench.main(["--repeats", "0"])
     with pytest.raises(TypeError, match="Transformer"):
         bench.naive_network_update(torch.nn.Sequential(icl.Block(4, 8, residual=True)), torch.randn(1, 3, 4))
+
+
+@pytest.mark.parametrize("position", [-1, "all"])
+def test_network_update_equals_block_by_block_updates_exactly(position):
+    """network_update skips the last block's MLP (no update needs its output): results unchanged."""
+    size = bench.Size(batch=2, context=5, width=8, depth=3)
+    model, tokens = bench.build_model(size, torch.float64, torch.device("cpu"), seed=6)
+    with torch.no_grad():
+        stacked = icl.network_update(model, tokens, position=position)
+        inputs = icl.block_inputs(model, tokens)
+        for block, z, update in zip(model.blocks, inputs, stacked):
+            alone = icl.implicit_update(block, z, position=position)
+            assert torch.equal(update.u, alone.u) and torch.equal(update.v, alone.v)
+            assert torch.equal(update.delta_b, alone.delta_b)
