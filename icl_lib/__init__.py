@@ -16,6 +16,15 @@ from .analysis import (
     update_cosines,
 )
 from .blocks import MLP, Block, Transformer
+from .compression import (
+    BinnedMean,
+    StaticPatch,
+    apply_static_patch,
+    binned_mean,
+    fit_static_patch,
+    prompts_with_queries,
+    transport_update,
+)
 from .contextual import LinearAttention, RecurrentLayer, SelfAttention
 from .implicit import (
     ImplicitUpdate,
@@ -25,6 +34,7 @@ from .implicit import (
     implicit_update,
     network_update,
 )
+from .memory import PowerLawFit, power_law_fit, token_influence
 from .seeding import seed_everything
 from .trajectory import ImplicitTrajectory, implicit_trajectory
 
@@ -52,4 +62,14 @@ __all__ = [
     "singular_value_ratio",
     "update_cosines",
     "proofs",
+    "prompts_with_queries",
+    "transport_update",
+    "StaticPatch",
+    "fit_static_patch",
+    "apply_static_patch",
+    "BinnedMean",
+    "binned_mean",
+    "PowerLawFit",
+    "power_law_fit",
+    "token_influence",
 ]

@@ -1,0 +1,82 @@
+"""icl_lib.memory: power-law fits and the influence of single context tokens on ΔW."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import icl_lib as icl
+from icl_lib.memory import PowerLawFit, power_law_fit, token_influence
+
+
+def test_power_law_fit_recovers_an_exact_power_law():
+    steps = np.arange(1, 30)
+    fit = power_law_fit(steps, 2.5 * steps**-0.7)
+    assert isinstance(fit, PowerLawFit)
+    assert abs(fit.exponent + 0.7) < 1e-12 and abs(fit.prefactor - 2.5) < 1e-12
+    np.testing.assert_allclose(fit(np.array([4.0])), 2.5 * 4.0**-0.7)
+    flat = power_law_fit(torch.arange(1.0, 6.0), torch.full((5,), 0.3))
+    assert abs(flat.exponent) < 1e-12
+
+
+def test_power_law_fit_bad_inputs():
+    with pytest.raises(ValueError, match="positive"):
+        power_law_fit([0.0, 1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="positive"):
+        power_law_fit([1.0, 2.0], [1.0, -2.0])
+    with pytest.raises(ValueError, match="same length"):
+        power_law_fit([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="distinct"):
+        power_law_fit([2.0, 2.0], [1.0, 3.0])
+    with pytest.raises(ValueError, match="finite"):
+        power_law_fit([1.0, 2.0], [1.0, np.nan])
+
+
+@pytest.mark.parametrize("contextual", ["softmax", "linear", "recurrent"])
+def test_token_influence_matches_dense_updates(contextual):
+    torch.manual_seed(0)
+    block = icl.Block(4, 10, n_heads=2 if contextual != "recurrent" else 1, contextual=contextual).double()
+    tokens = torch.randn(3, 6, 4, dtype=torch.float64)
+    replacements = torch.randn(3, 5, 4, dtype=torch.float64)
+    influence = token_influence(block, tokens, replacements)
+    assert influence.shape == (3, 5)
+    base = icl.implicit_update(block, tokens).delta_W
+    for j in range(5):
+        edited = tokens.clone()
+        edited[:, j] = replacements[:, j]
+        want = (icl.implicit_update(block, edited).delta_W - base).flatten(1).norm(dim=-1)
+        torch.testing.assert_close(influence[:, j], want, rtol=1e-10, atol=1e-12)
+    # replacing a token by itself changes nothing
+    assert torch.equal(token_influence(block, tokens, tokens[:, :-1]), torch.zeros(3, 5, dtype=torch.float64))
+
+
+def test_softmax_attention_weighs_positions_alike_and_memoryless_rnn_sees_nothing():
+    torch.manual_seed(1)
+    attention = icl.Block(3, 8, n_heads=1).double()
+    tokens = torch.randn(2, 5, 3, dtype=torch.float64)
+    # without positional information, the query's attention output is a symmetric function of the
+    # context: the same replacement token at any position moves ΔW by the same amount
+    same = torch.randn(2, 1, 3, dtype=torch.float64).expand(2, 4, 3)
+    influence = token_influence(attention, tokens[:, [0, 0, 0, 0, 4]], same)
+    torch.testing.assert_close(influence, influence[:, :1].expand(2, 4), rtol=1e-10, atol=0.0)
+    # a recurrent layer with no recurrence forgets everything before the query: ΔW = 0
+    rnn = icl.Block(3, 8, contextual="recurrent").double()
+    with torch.no_grad():
+        rnn.attn.recurrent.weight.zero_()
+    assert torch.equal(token_influence(rnn, tokens, torch.randn(2, 4, 3, dtype=torch.float64)), torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_token_influence_bad_inputs():
+    block = icl.Block(3, 8).double()
+    tokens = torch.randn(2, 5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="one token per context position"):
+        token_influence(block, tokens, torch.randn(2, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="batch size"):
+        token_influence(block, tokens, torch.randn(1, 4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="dtype"):
+        token_influence(block, tokens.float(), torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="context is empty"):
+        token_influence(block, tokens[:, :1], tokens[:, :0])
+    with pytest.raises(TypeError, match="unsupported block"):
+        token_influence(torch.nn.Linear(3, 3), tokens, tokens[:, :-1])
