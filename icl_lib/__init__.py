@@ -35,6 +35,11 @@ from .implicit import (
     network_update,
 )
 from .memory import PowerLawFit, power_law_fit, token_influence
+from .finetune import FineTuneResult, finetune_first_weight
+from .baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
+from .metrics import frobenius_alignment
+from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
+from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
 from .seeding import seed_everything
 from .trajectory import ImplicitTrajectory, implicit_trajectory
 
@@ -72,4 +77,21 @@ __all__ = [
     "PowerLawFit",
     "power_law_fit",
     "token_influence",
+    "RegressionBatch",
+    "sample_regression",
+    "regression_tokens",
+    "read_prediction",
+    "regression_loss",
+    "TrainingConfig",
+    "TrainingHistory",
+    "build_block",
+    "train_block",
+    "predict",
+    "predict_implicit",
+    "least_squares_predict",
+    "least_squares_expected_loss",
+    "zero_predictor_loss",
+    "frobenius_alignment",
+    "FineTuneResult",
+    "finetune_first_weight",
 ]
