@@ -39,6 +39,7 @@ __all__ = [
     "StaticPatch",
     "fit_static_patch",
     "apply_static_patch",
+    "apply_weight_patch",
     "BinnedMean",
     "binned_mean",
 ]
@@ -195,33 +196,50 @@ def fit_static_patch(block: nn.Module, context: Tensor, queries: Tensor, *, bias
     return StaticPatch(delta_W=delta_W.contiguous(), delta_b=delta_b, n_queries=k, residual=residual)
 
 
-def apply_static_patch(block: nn.Module, patch: StaticPatch, queries: Tensor) -> Tensor:
-    """The plain block with ``W + ΔW`` (and ``b + Δb``) at each query alone.
+def apply_weight_patch(block: nn.Module, delta_W: Tensor, queries: Tensor, delta_b: Tensor | None = None) -> Tensor:
+    """The plain block with ``W + ΔW`` (and ``b + Δb``), one patch per task, at each query alone.
+
+    Any per-task patch of the first MLP layer fits here: a :class:`StaticPatch`'s fields, or a
+    fine-tuned ``W_ft − W``.
 
     Args:
-        block: the block the patch was fitted for.
-        patch: from :func:`fit_static_patch`.
+        block: a plain block (no residual stream).
+        delta_W: ``(B, H, D)``, one update of the first MLP weight per task.
         queries: ``(B, K, D)``, query tokens, each run without context.
+        delta_b: optional ``(B, H)`` shift of the first MLP bias.
 
     Returns:
         ``(B, K, D_out)``.
     """
     view, queries = _check_queries(block, queries)
+    b, k, d = queries.shape
+    for name, t, shape in (("delta_W", delta_W, (b, *view.first.weight.shape)), ("delta_b", delta_b, (b, view.first.out_features))):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape} (one patch per task)")
+        if t.dtype != queries.dtype or t.device != queries.device:
+            raise TypeError(f"{name} is {t.dtype} on {t.device} but the block is {queries.dtype} on {queries.device}")
+    m = _mlp_inputs_without_residual(view, queries.reshape(b * k, 1, d)).view(b, k, d)
+    pre = view.first(m) + m @ delta_W.transpose(1, 2)
+    if delta_b is not None:
+        pre = pre + delta_b[:, None]
+    return view.finish(pre, None)
+
+
+def apply_static_patch(block: nn.Module, patch: StaticPatch, queries: Tensor) -> Tensor:
+    """The plain block with a fitted :class:`StaticPatch` at each query alone: ``(B, K, D_out)``.
+
+    Args:
+        block: the block the patch was fitted for.
+        patch: from :func:`fit_static_patch`.
+        queries: ``(B, K, D)``, query tokens, each run without context.
+    """
     if not isinstance(patch, StaticPatch):
         raise TypeError(f"patch must be an icl_lib.StaticPatch, got {type(patch).__name__}")
-    b, k, d = queries.shape
-    if tuple(patch.delta_W.shape) != (b, *view.first.weight.shape):
-        raise ValueError(
-            f"patch.delta_W has shape {tuple(patch.delta_W.shape)}, expected (B, H, D) = "
-            f"{(b, *view.first.weight.shape)}"
-        )
-    if patch.delta_W.dtype != queries.dtype:
-        raise TypeError(f"patch is {patch.delta_W.dtype} but the block is {queries.dtype}")
-    m = _mlp_inputs_without_residual(view, queries.reshape(b * k, 1, d)).view(b, k, d)
-    pre = view.first(m) + m @ patch.delta_W.transpose(1, 2)
-    if patch.delta_b is not None:
-        pre = pre + patch.delta_b[:, None]
-    return view.finish(pre, None)
+    return apply_weight_patch(block, patch.delta_W, queries, patch.delta_b)
 
 
 @dataclass(frozen=True)

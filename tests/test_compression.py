@@ -12,6 +12,7 @@ from icl_lib.compression import (
     BinnedMean,
     StaticPatch,
     apply_static_patch,
+    apply_weight_patch,
     binned_mean,
     fit_static_patch,
     prompts_with_queries,
@@ -205,3 +206,25 @@ def test_binned_mean():
         binned_mean(x, y, [1.0, 0.0])
     with pytest.raises(ValueError, match="same number"):
         binned_mean(x, y[:3], [0.0, 1.0])
+
+
+def test_apply_weight_patch_equals_an_edited_copy_of_the_block():
+    import copy
+
+    block, _, queries = make(10, torch.float64)
+    delta_W = 0.1 * torch.randn(4, 16, 3, dtype=torch.float64)
+    delta_b = 0.1 * torch.randn(4, 16, dtype=torch.float64)
+    out = apply_weight_patch(block, delta_W, queries, delta_b)
+    for task in range(4):
+        edited = copy.deepcopy(block)
+        with torch.no_grad():
+            edited.mlp.up.weight += delta_W[task]
+            edited.mlp.up.bias += delta_b[task]
+        want = edited(queries[task][:, None])[:, 0]
+        assert relative_error(out[task], want) <= 1e-12
+    with pytest.raises(ValueError, match="delta_b has shape"):
+        apply_weight_patch(block, delta_W, queries, delta_b[:, :3])
+    with pytest.raises(TypeError, match="delta_W is"):
+        apply_weight_patch(block, delta_W.float(), queries)
+    with pytest.raises(TypeError, match="delta_W must be"):
+        apply_weight_patch(block, delta_W.numpy(), queries)
