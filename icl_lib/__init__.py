@@ -35,7 +35,7 @@ from .implicit import (
     implicit_update,
     network_update,
 )
-from .memory import PowerLawFit, power_law_fit, token_influence
+from .memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
 from .finetune import FineTuneResult, finetune_first_weight
 from .baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .metrics import frobenius_alignment
@@ -78,6 +78,7 @@ __all__ = [
     "binned_mean",
     "PowerLawFit",
     "power_law_fit",
+    "bootstrap_exponents",
     "token_influence",
     "RegressionBatch",
     "sample_regression",

@@ -6,6 +6,7 @@ recurrent layer) through the updates ``ΔW`` they induce:
 * :func:`power_law_fit`: the exponent ``p`` of a decay ``y ≈ c · i^p``, by least squares on
   ``log y`` against ``log i`` (for the convergence curve ``‖ΔW_{i+1} − ΔW_i‖`` of
   :meth:`icl_lib.ImplicitTrajectory.increment_norms`);
+* :func:`bootstrap_exponents`: the spread of that exponent when the tasks are resampled;
 * :func:`token_influence`: how much the final update ``ΔW(C)`` moves when a single context
   token ``c_j`` is replaced by another, for every position ``j``. A layer that averages over its
   context (and has no positional information) weighs all positions alike; a recurrent state
@@ -24,7 +25,7 @@ from .checks import check_tokens, module_dtype_device
 from .implicit import implicit_update
 from .views import view_of
 
-__all__ = ["PowerLawFit", "power_law_fit", "token_influence"]
+__all__ = ["PowerLawFit", "power_law_fit", "bootstrap_exponents", "token_influence"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,34 @@ def power_law_fit(steps: Tensor | np.ndarray, values: Tensor | np.ndarray) -> Po
         raise ValueError("need at least two distinct steps to fit a power law")
     exponent, intercept = np.polyfit(np.log(steps), np.log(values), 1)
     return PowerLawFit(exponent=float(exponent), prefactor=float(np.exp(intercept)), steps=steps)
+
+
+def bootstrap_exponents(
+    steps: Tensor | np.ndarray, samples: Tensor | np.ndarray, *, n_resamples: int, seed: int
+) -> np.ndarray:
+    """Power-law exponents of the mean curve over tasks resampled with replacement.
+
+    Args:
+        steps: ``(n,)`` positive ``i``.
+        samples: ``(B, n)`` positive values, one row per task; the fitted curve is the row mean.
+        n_resamples: number of bootstrap resamples (``≥ 1``).
+        seed: seeds a NumPy generator (the global random state is not touched).
+
+    Returns:
+        ``(n_resamples,)``: the exponent of :func:`power_law_fit` on each resampled mean curve;
+        their standard deviation estimates the standard error of the exponent.
+    """
+    samples = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[0] < 2:
+        raise ValueError(f"samples must be (B, n) with B ≥ 2 tasks, got shape {samples.shape}")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    b = samples.shape[0]
+    rows = rng.integers(0, b, size=(n_resamples, b))
+    return np.array([power_law_fit(steps, samples[r].mean(axis=0)).exponent for r in rows])
 
 
 @torch.no_grad()

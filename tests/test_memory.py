@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import icl_lib as icl
-from icl_lib.memory import PowerLawFit, power_law_fit, token_influence
+from icl_lib.memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
 
 
 def test_power_law_fit_recovers_an_exact_power_law():
@@ -80,3 +80,20 @@ def test_token_influence_bad_inputs():
         token_influence(block, tokens[:, :1], tokens[:, :0])
     with pytest.raises(TypeError, match="unsupported block"):
         token_influence(torch.nn.Linear(3, 3), tokens, tokens[:, :-1])
+
+
+def test_bootstrap_exponents():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 21)
+    exact = np.tile(3.0 * steps**-1.0, (50, 1))
+    assert np.allclose(bootstrap_exponents(steps, exact, n_resamples=5, seed=0), -1.0)
+    noisy = exact * np.exp(0.3 * rng.standard_normal(exact.shape))
+    first = bootstrap_exponents(steps, noisy, n_resamples=200, seed=1)
+    assert first.shape == (200,) and np.array_equal(first, bootstrap_exponents(steps, noisy, n_resamples=200, seed=1))
+    assert 0 < first.std() < 0.1 and abs(first.mean() + 1.0) < 0.1
+    with pytest.raises(ValueError, match="B ≥ 2"):
+        bootstrap_exponents(steps, exact[:1], n_resamples=5, seed=0)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_exponents(steps, exact, n_resamples=0, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        bootstrap_exponents(steps, exact, n_resamples=3, seed=-1)
