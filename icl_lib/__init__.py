@@ -16,6 +16,7 @@ from .analysis import (
     update_cosines,
 )
 from .blocks import MLP, Block, Transformer
+from .deep import deep_regression_config, encoder_stack
 from .compression import (
     BinnedMean,
     StaticPatch,
@@ -67,6 +68,8 @@ __all__ = [
     "summed_update",
     "singular_value_ratio",
     "update_cosines",
+    "deep_regression_config",
+    "encoder_stack",
     "proofs",
     "prompts_with_queries",
     "transport_update",

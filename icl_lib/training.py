@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blocks import ACTIVATIONS, CONTEXTUAL_LAYERS, Block
+from .blocks import ACTIVATIONS, CONTEXTUAL_LAYERS, Block, Transformer
 from .checks import module_dtype_device
-from .implicit import forward_with_update, implicit_update
+from .implicit import forward_with_update, forward_with_updates, implicit_update, network_update
 from .tasks import read_prediction, regression_loss, sample_regression
 
 __all__ = ["TrainingConfig", "TrainingHistory", "build_block", "train_block", "predict", "predict_implicit"]
@@ -55,6 +55,12 @@ class TrainingConfig:
         seed: seeds initialisation, training tasks and validation tasks.
         contextual: the block's contextual layer, ``"softmax"`` (default), ``"linear"`` or
             ``"recurrent"`` (see :class:`icl_lib.Block`).
+        depth: ``None`` (default) for one :class:`icl_lib.Block` of width ``d + 1``; an int for an
+            :class:`icl_lib.Transformer` stack of ``depth`` blocks of width ``width`` (each block with
+            ``hidden``, ``n_heads``, ``activation``, ``residual``, ``layer_norm``, ``contextual`` as
+            above), a linear embedding of the ``d + 1``-wide tokens and a read-out back to ``d + 1``
+            coordinates, so the prediction is again the last coordinate at the query.
+        width: the stack's token width (``n_heads`` must divide it); set exactly when ``depth`` is.
     """
 
     dim: int = 2
@@ -72,13 +78,23 @@ class TrainingConfig:
     n_val: int = 1000
     seed: int = 0
     contextual: str = "softmax"
+    depth: int | None = None
+    width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_context", "hidden", "n_heads", "steps", "batch", "eval_every", "n_val"):
             _positive_int(getattr(self, name), name)
         _positive_int(self.seed, "seed", minimum=0)
-        if (self.dim + 1) % self.n_heads:
-            raise ValueError(f"n_heads={self.n_heads} must divide the token width d + 1 = {self.dim + 1}")
+        if (self.depth is None) != (self.width is None):
+            raise ValueError(f"depth and width describe a stack and go together; got depth={self.depth}, width={self.width}")
+        if self.depth is None:
+            if (self.dim + 1) % self.n_heads:
+                raise ValueError(f"n_heads={self.n_heads} must divide the token width d + 1 = {self.dim + 1}")
+        else:
+            _positive_int(self.depth, "depth")
+            _positive_int(self.width, "width")
+            if self.width % self.n_heads:
+                raise ValueError(f"n_heads={self.n_heads} must divide the stack's width {self.width}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
@@ -125,12 +141,28 @@ def _seeds(seed: int, count: int) -> list[int]:
     return [int(s) >> 1 for s in state]
 
 
-def build_block(config: TrainingConfig) -> Block:
-    """A freshly initialised float32 :class:`icl_lib.Block` for ``config`` (seeded; global RNG untouched)."""
+def build_block(config: TrainingConfig) -> Block | Transformer:
+    """A freshly initialised float32 :class:`icl_lib.Block` for ``config`` (seeded; global RNG untouched).
+
+    With ``config.depth`` set, an :class:`icl_lib.Transformer` stack instead (see :class:`TrainingConfig`).
+    """
     if not isinstance(config, TrainingConfig):
         raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seeds(config.seed, 3)[0])
+        if config.depth is not None:
+            return Transformer(
+                config.width,
+                config.depth,
+                config.hidden,
+                config.n_heads,
+                residual=config.residual,
+                layer_norm=config.layer_norm,
+                in_dim=config.token_dim,
+                out_dim=config.token_dim,
+                activation=config.activation,
+                contextual=config.contextual,
+            )
         return Block(
             config.token_dim,
             config.hidden,
@@ -150,14 +182,21 @@ def predict(block: torch.nn.Module, tokens: Tensor) -> Tensor:
 def predict_implicit(block: torch.nn.Module, tokens: Tensor) -> Tensor:
     """``ŷ`` without the context: the query alone through the block with ``W + ΔW(C)``; ``(B,)``.
 
-    ``ΔW(C)`` is computed from the whole prompt ``tokens (B, T, d+1)``, ``T ≥ 2``.
+    ``ΔW(C)`` is computed from the whole prompt ``tokens (B, T, d+1)``, ``T ≥ 2``. For an
+    :class:`icl_lib.Transformer` every block gets its own update and the query alone runs through
+    the patched stack (:func:`icl_lib.network_update`, :func:`icl_lib.forward_with_updates`).
     """
+    if isinstance(block, Transformer):
+        return read_prediction(forward_with_updates(block, network_update(block, tokens), tokens[:, -1]))
     update = implicit_update(block, tokens)
     return read_prediction(forward_with_update(block, update, tokens[:, -1:]))
 
 
-def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block, TrainingHistory]:
+def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | Transformer, TrainingHistory]:
     """Train a block from scratch under ``config``; returns it (eval mode, float32) and its history.
+
+    With ``config.depth`` set, the same loop trains an :class:`icl_lib.Transformer` stack; its
+    implicit validation patches every block (:func:`predict_implicit`).
 
     Args:
         config: the hyper-parameters.
