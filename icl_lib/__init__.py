@@ -42,6 +42,7 @@ from .baselines import least_squares_expected_loss, least_squares_predict, zero_
 from .metrics import frobenius_alignment
 from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
+from .evaluation import ContextCurve, context_length_curve, predictions_over_queries
 from .seeding import seed_everything
 from .trajectory import ImplicitTrajectory, implicit_trajectory
 
@@ -100,4 +101,7 @@ __all__ = [
     "frobenius_alignment",
     "FineTuneResult",
     "finetune_first_weight",
+    "predictions_over_queries",
+    "ContextCurve",
+    "context_length_curve",
 ]
