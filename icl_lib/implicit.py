@@ -94,13 +94,26 @@ def _reference(view: BlockView, tokens: Tensor, keep: Tensor | None) -> tuple[Te
 
 
 def check_reference(a: Tensor) -> Tensor:
-    """Refuse a zero reference ``a (B, D)``: the theorem divides by ‖a‖²."""
+    """Refuse a zero reference ``a (B, D)``: the theorem divides by ‖a‖².
+
+    Exactly zero is refused, and so is an ``a`` whose squared norm underflows below the
+    smallest normal number of its dtype (or overflows): ``1/‖a‖²`` would be inf and the
+    patched output NaN.
+    """
     zero = (a == 0).all(dim=-1)
     if zero.any():
         rows = zero.nonzero().flatten().tolist()
         raise ValueError(
             f"the MLP input at the query without the absorbed context, A(x), is exactly zero for batch "
             f"element(s) {rows}: ΔW = W δ aᵀ/‖a‖² is undefined there (no epsilon is added)"
+        )
+    squared = (a * a).sum(-1)
+    unusable = ~torch.isfinite(squared) | (squared < torch.finfo(a.dtype).tiny)
+    if unusable.any():
+        rows = unusable.nonzero().flatten().tolist()
+        raise ValueError(
+            f"‖A(x)‖² underflows or overflows in {a.dtype} for batch element(s) {rows} "
+            f"(smallest: {squared.min().item():.1e}): 1/‖a‖² is not representable, ΔW is undefined there"
         )
     return a
 

@@ -47,6 +47,15 @@ def silent_attention_block() -> icl.Block:
     return block
 
 
+def tiny_attention_block() -> icl.Block:
+    """A block whose A(x) is non-zero but so small that ‖A(x)‖² underflows in float32."""
+    block = icl.Block(D, H).float()
+    with torch.no_grad():
+        block.attn.out.weight.zero_()
+        block.attn.out.bias.fill_(1e-25)
+    return block
+
+
 def encoder(train: bool = False, batch_first: bool = True) -> nn.TransformerEncoderLayer:
     layer = nn.TransformerEncoderLayer(D, 2, H, batch_first=batch_first).double()
     return layer.train(train)
@@ -81,6 +90,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     # the theorem's denominator
     ("zero A(x)", lambda: icl.implicit_update(silent_attention_block(), tokens64()), ValueError, "exactly zero for batch element(s) [0, 1]"),
     ("zero A(x), trajectory", lambda: icl.implicit_trajectory(silent_attention_block(), tokens64()), ValueError, "A(x), is exactly zero"),
+    ("underflowing ‖A(x)‖²", lambda: icl.implicit_update(tiny_attention_block(), tokens64().float()), ValueError, "underflows or overflows in torch.float32"),
     # absorb masks
     ("absorb not a tensor", lambda: icl.implicit_update(block64(), tokens64(), absorb=[True] * 4), TypeError, "absorb must be a boolean"),
     ("absorb float", lambda: icl.implicit_update(block64(), tokens64(), absorb=torch.ones(B, T - 1)), TypeError, "torch.bool"),
