@@ -6,7 +6,8 @@
 In place, the executed notebook is written back with execution counts 1..n and no per-cell
 timing metadata, so that a re-run changes the file only where an output changed. The kernel
 runs in the notebook's own folder, as it does in Jupyter, in the book build and under nbval.
-Not a pytest module: its name does not start with ``test_``.
+A notebook whose cell fails is reported and left unchanged; the others still run, and the exit
+status is 1. Not a pytest module: its name does not start with ``test_``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 TIMEOUT_S = 600  # per cell; every chapter is meant to run in well under two minutes in total
 
@@ -51,13 +53,24 @@ def main(argv: list[str] | None = None) -> int:
         if path.suffix != ".ipynb" or not path.is_file():
             parser.error(f"not a notebook file: {path}")
 
-    total = 0.0
+    total, failed = 0.0, []
     for path in args.notebooks:
-        elapsed = execute(path, write=not args.time)
+        start = time.perf_counter()
+        try:
+            elapsed = execute(path, write=not args.time)
+        except (CellExecutionError, CellTimeoutError) as error:
+            failed.append(path)
+            reason = f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"
+            print(f"{str(path):45} FAILED after {time.perf_counter() - start:.1f} s: {reason}", flush=True)
+            continue
         total += elapsed
-        print(f"{str(path):45} {elapsed:7.1f} s" if args.time else f"executed {path} ({elapsed:.1f} s)", flush=True)
+        line = f"{str(path):45} {elapsed:7.1f} s" if args.time else f"executed {path} ({elapsed:.1f} s)"
+        print(line, flush=True)
     if args.time:
         print(f"{'total':45} {total:7.1f} s")
+    if failed:
+        print(f"{len(failed)} notebook(s) failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
     return 0
 
 
