@@ -4,16 +4,16 @@ The exact implicit update ``ΔW(C, x) = (W δ) aᵀ / ‖a‖²`` (``a = A(x)``,
 reproduces the prompted block at *its* query ``x`` only. This module measures what happens
 away from that query:
 
-* :func:`transport_update` applies the patch computed for one query to other queries ``x′``,
+* :func:`icl_lib.transport_update` applies the patch computed for one query to other queries ``x′``,
   run alone (no context): either as the weight patch, ``W + ΔW(C, x)`` evaluated at ``x′``,
   or as the equivalent first-bias shift ``b + W δ`` (the theorem's bias alternative);
-* :func:`fit_static_patch` fits *one* matrix per context over ``K`` calibration queries by
+* :func:`icl_lib.fit_static_patch` fits *one* matrix per context over ``K`` calibration queries by
   matching the prompted pre-activations in the least-squares sense,
 
       ΔW_LS = argmin_Γ  Σ_k ‖(W + Γ) A(x_k) − W A(C, x_k)‖²   (minimum Frobenius norm),
 
   optionally together with a shift ``Δb`` of the first bias (then ``(W + Γ) A(x_k) + Δb`` is
-  matched); :func:`apply_static_patch` runs fresh queries through the patched block.
+  matched); :func:`icl_lib.apply_static_patch` runs fresh queries through the patched block.
 
 With ``K = 1`` the least-squares patch is the theorem's rank-1 patch; in general its rank is at
 most ``min(K, D)`` (``D`` the MLP input width), because its row space lies in the span of the
@@ -125,7 +125,7 @@ def transport_update(
 
 @dataclass(frozen=True)
 class StaticPatch:
-    """One patch per task, fitted over ``K`` calibration queries (see :func:`fit_static_patch`).
+    """One patch per task, fitted over ``K`` calibration queries (see :func:`icl_lib.fit_static_patch`).
 
     Attributes:
         delta_W: ``(B, H, D)``, the fitted update of the first MLP weight.
@@ -172,7 +172,7 @@ def fit_static_patch(block: nn.Module, context: Tensor, queries: Tensor, *, bias
         bias: also fit a shift ``Δb`` of the first MLP bias.
 
     Returns:
-        a :class:`StaticPatch`.
+        a :class:`icl_lib.StaticPatch`.
     """
     view, queries = _check_queries(block, queries)
     _, context = _check_queries(block, context, "context")
@@ -199,7 +199,7 @@ def fit_static_patch(block: nn.Module, context: Tensor, queries: Tensor, *, bias
 def apply_weight_patch(block: nn.Module, delta_W: Tensor, queries: Tensor, delta_b: Tensor | None = None) -> Tensor:
     """The plain block with ``W + ΔW`` (and ``b + Δb``), one patch per task, at each query alone.
 
-    Any per-task patch of the first MLP layer fits here: a :class:`StaticPatch`'s fields, or a
+    Any per-task patch of the first MLP layer fits here: a :class:`icl_lib.StaticPatch`'s fields, or a
     fine-tuned ``W_ft − W``.
 
     Args:
@@ -230,11 +230,11 @@ def apply_weight_patch(block: nn.Module, delta_W: Tensor, queries: Tensor, delta
 
 
 def apply_static_patch(block: nn.Module, patch: StaticPatch, queries: Tensor) -> Tensor:
-    """The plain block with a fitted :class:`StaticPatch` at each query alone: ``(B, K, D_out)``.
+    """The plain block with a fitted :class:`icl_lib.StaticPatch` at each query alone: ``(B, K, D_out)``.
 
     Args:
         block: the block the patch was fitted for.
-        patch: from :func:`fit_static_patch`.
+        patch: from :func:`icl_lib.fit_static_patch`.
         queries: ``(B, K, D)``, query tokens, each run without context.
     """
     if not isinstance(patch, StaticPatch):

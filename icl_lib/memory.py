@@ -3,11 +3,11 @@
 Two measurements used to compare contextual layers (softmax attention, linear attention, a
 recurrent layer) through the updates ``ΔW`` they induce:
 
-* :func:`power_law_fit`: the exponent ``p`` of a decay ``y ≈ c · i^p``, by least squares on
+* :func:`icl_lib.power_law_fit`: the exponent ``p`` of a decay ``y ≈ c · i^p``, by least squares on
   ``log y`` against ``log i`` (for the convergence curve ``‖ΔW_{i+1} − ΔW_i‖`` of
   :meth:`icl_lib.ImplicitTrajectory.increment_norms`);
-* :func:`bootstrap_exponents`: the spread of that exponent when the tasks are resampled;
-* :func:`token_influence`: how much the final update ``ΔW(C)`` moves when a single context
+* :func:`icl_lib.bootstrap_exponents`: the spread of that exponent when the tasks are resampled;
+* :func:`icl_lib.token_influence`: how much the final update ``ΔW(C)`` moves when a single context
   token ``c_j`` is replaced by another, for every position ``j``. A layer that averages over its
   context (and has no positional information) weighs all positions alike; a recurrent state
   that forgets weighs recent tokens more.
@@ -55,7 +55,7 @@ def power_law_fit(steps: Tensor | np.ndarray, values: Tensor | np.ndarray) -> Po
         values: ``(n,)`` positive numbers ``y_i``.
 
     Returns:
-        a :class:`PowerLawFit`.
+        a :class:`icl_lib.PowerLawFit`.
     """
     steps = np.asarray(steps.detach().cpu() if isinstance(steps, Tensor) else steps, dtype=np.float64)
     values = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
@@ -83,7 +83,7 @@ def bootstrap_exponents(
         seed: seeds a NumPy generator (the global random state is not touched).
 
     Returns:
-        ``(n_resamples,)``: the exponent of :func:`power_law_fit` on each resampled mean curve;
+        ``(n_resamples,)``: the exponent of :func:`icl_lib.power_law_fit` on each resampled mean curve;
         their standard deviation estimates the standard error of the exponent.
     """
     samples = np.asarray(samples.detach().cpu() if isinstance(samples, Tensor) else samples, dtype=np.float64)
