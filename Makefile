@@ -15,7 +15,12 @@ export ICL_LIB_THREADS
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 SANITIZE  := book/sanitize.cfg
 
-.PHONY: venv test unit nbval book notebooks timings clean
+# The MathJax release the browser check serves in place of the CDN's mathjax@3 (npm package).
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR     := _build/mathjax
+MATHJAX         := $(MATHJAX_DIR)/node_modules/mathjax/es5/tex-mml-chtml.js
+
+.PHONY: venv test unit nbval book site notebooks timings clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +37,12 @@ test: $(STAMP)
 	$(MAKE) nbval
 	$(MAKE) clean
 	$(MAKE) book
+	$(MAKE) site
 
-## make unit: the library's unit tests (tests/ only: notebooks are not collected here)
+## make unit: the library's unit tests (tests/ without the browser check tests/site; notebooks
+## are not collected here)
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/site
 
 ## make nbval: re-execute every chapter and compare its outputs with the committed ones (strict)
 nbval: $(STAMP)
@@ -45,7 +52,23 @@ nbval: $(STAMP)
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
+## make site: open every page of the built book (make book first) in headless Chromium and check
+## what a reader sees: no JavaScript errors, images load, maths typeset, no raw MyST, theorem boxes,
+## links resolve, Colab links; screenshots in _build/screenshots. MathJax (which readers get from
+## the jsDelivr CDN) is served to the test from a local copy fetched once with npm.
+site: $(STAMP) $(MATHJAX)
+	$(BIN)/python -m pytest -q tests/site
+
+$(MATHJAX):
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix $(MATHJAX_DIR) --no-save --no-package-lock --no-audit --no-fund \
+	    --loglevel=error mathjax@$(MATHJAX_VERSION); \
+	else \
+	  echo "make site: npm not found, MathJax $(MATHJAX_VERSION) not installed (Debian: apt-get install npm)"; \
+	fi
+
 ## make notebooks: re-execute every chapter in place, top to bottom, each in a clean kernel
+## (a single chapter: make notebooks NOTEBOOKS=book/NN_slug.ipynb)
 notebooks: $(STAMP)
 	$(BIN)/python tests/execute_notebooks.py $(NOTEBOOKS)
 

@@ -1,0 +1,186 @@
+"""The rendered book as a reader sees it: every page of `_toc.yml` in headless Chromium.
+
+Run by `make site` (after `make book`); `make unit` does not collect this folder. Each page is
+opened once (see conftest.py); each test below judges one aspect of what the browser saw, so a
+failure names the page and the problem. Screenshots land in `_build/screenshots/NAME.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from sitecheck import HTML, PROOF_TYPES, ROOT, RenderedPage, TocPage, html_ids, local_target, toc_pages
+
+PAGES = toc_pages()
+COLAB = "https://colab.research.google.com/github/icl-book/learning-without-training/blob/main/book/{}.ipynb"
+COLAB_ANY = re.compile(r"^https://colab\.research\.google\.com/github/icl-book/"
+                       r"learning-without-training/blob/main/book/(?P<name>[A-Za-z0-9_]+)\.ipynb$")
+
+# TeX that MathJax should have replaced: delimiters, and control words outside code.
+RAW_TEX = {
+    r"\( or \)": re.compile(r"\\[()]"),
+    r"\[ or \]": re.compile(r"\\[\[\]]"),
+    "$$": re.compile(r"\$\$"),
+    "$...$": re.compile(r"\$[^\s$][^$]{0,200}?\$"),
+    r"\command": re.compile(r"\\[A-Za-z]{2,}"),
+    "_{ or ^{": re.compile(r"[_^]\{"),
+}
+# MyST syntax that should have become something else.
+RAW_MYST = {
+    "directive fence": re.compile(r"(```|~~~|:::)\s*\{[\w:.-]+\}"),
+    "prf: role or directive": re.compile(r"\{prf:"),
+    "role": re.compile(r"\{[A-Za-z][\w:.-]*\}`"),
+    "named role": re.compile(r"\{(cite(:\w+)?|doc|ref|numref|eq|eval-rst|math|term|download)\}"),
+    "directive option": re.compile(r"(^|\s):(label|class|name|nonumber|caption|tags|numref):(\s|$)"),
+    "unresolved reference (??)": re.compile(r"\?\?"),
+}
+# Console messages that are not the book's fault. Keep this list short and say why.
+IGNORED_CONSOLE: list[re.Pattern] = []
+
+
+@pytest.fixture(params=PAGES, ids=[page.name for page in PAGES])
+def rendered(request, site) -> RenderedPage:
+    return site.render(request.param)
+
+
+def context_of(text: str, match: re.Match, width: int = 50) -> str:
+    return "…" + text[max(0, match.start() - width): match.end() + width] + "…"
+
+
+def test_toc_lists_pages():
+    names = [page.name for page in PAGES]
+    assert names and names[0] == "intro", names
+    assert {"api", "references"} <= set(names), names
+    assert len(set(names)) == len(names), f"two pages share a name: {names}"
+
+
+def test_index_redirects_to_the_first_page(site):
+    tab = site.context.new_page()
+    try:
+        tab.goto(site.url + "/index.html")
+        tab.wait_for_url(site.url + PAGES[0].url_path)
+    finally:
+        tab.close()
+
+
+def test_no_javascript_errors(rendered):
+    errors = [f"page error: {e}" for e in rendered.page_errors] + [
+        f"console error: {e}" for e in rendered.console_errors
+        if not any(pattern.search(e) for pattern in IGNORED_CONSOLE)]
+    assert not errors, f"{rendered.url}:\n" + "\n".join(errors)
+
+
+def test_no_failed_or_external_requests(rendered):
+    """Every resource a page needs is part of the book (MathJax aside, which the test serves)."""
+    assert not rendered.failed_requests, f"{rendered.url}: requests failed:\n" + "\n".join(
+        rendered.failed_requests)
+    assert not rendered.blocked_requests, (
+        f"{rendered.url} asked for resources outside the book (blocked by the test):\n"
+        + "\n".join(rendered.blocked_requests))
+
+
+def test_images_load(rendered):
+    broken = [img["src"] for img in rendered.dom["images"]
+              if not (img["complete"] and img["naturalWidth"] > 0)]
+    assert not broken, f"{rendered.url}: images that did not load: {broken}"
+
+
+def test_maths_is_typeset(rendered):
+    math = rendered.dom["math"]
+    if math["nodes"]:
+        assert rendered.mathjax == "done", f"{rendered.url}: MathJax did not run ({rendered.mathjax})"
+        assert not math["untypeset"], f"{rendered.url}: math nodes left untypeset: {math['untypeset']}"
+        assert math["containers"] >= math["nodes"], math
+    assert not math["errors"], f"{rendered.url}: MathJax reports TeX errors: {math['errors']}"
+    text = rendered.dom["prose"]
+    leaks = [f"{name}: {context_of(text, m)}" for name, pattern in RAW_TEX.items()
+             for m in pattern.finditer(text)]
+    assert not leaks, f"{rendered.url}: raw TeX in the text:\n" + "\n".join(leaks[:20])
+
+
+def test_no_raw_myst(rendered):
+    text = rendered.dom["markup"]
+    leaks = [f"{name}: {context_of(text, m)}" for name, pattern in RAW_MYST.items()
+             for m in pattern.finditer(text)]
+    assert not leaks, f"{rendered.url}: MyST syntax leaks into the page:\n" + "\n".join(leaks[:20])
+
+
+def source_markdown(page: TocPage) -> str:
+    """The Markdown of the page's source as built (markdown cells of a notebook, or the .md)."""
+    path = page.source()
+    assert path is not None, f"no source of {page.docname} in _build/html/_sources"
+    if path.suffix == ".md":
+        return path.read_text(encoding="utf-8")
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "\n\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+
+
+PRF_DIRECTIVE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})\{prf:(?P<kind>[a-z]+)\}[ \t]*(?P<title>.*?)[ \t]*$",
+                           re.MULTILINE)
+
+
+def test_theorem_boxes_render(rendered):
+    """Each {prf:...} directive of the source is a visible box of its kind, with its title."""
+    wanted = [(m["kind"], m["title"]) for m in PRF_DIRECTIVE.finditer(source_markdown(rendered.page))]
+    boxes = rendered.dom["proofBoxes"]
+    got = [next((c for c in box["classes"] if c in PROOF_TYPES), "proof") for box in boxes]
+    assert got == [kind for kind, _ in wanted], (
+        f"{rendered.url}: source directives {[k for k, _ in wanted]} but rendered boxes {got}")
+    for (kind, title), box in zip(wanted, boxes):
+        assert box["visible"], f"{rendered.url}: the {kind} box '{title}' is not visible"
+        label = "Proof" if kind == "proof" else kind.capitalize()
+        assert box["title"].startswith(label), f"{rendered.url}: {kind} box titled {box['title']!r}"
+        # The title's words (its maths aside, which MathJax rewrote) appear in the rendered title.
+        words = re.findall(r"[A-Za-z0-9]+", re.sub(r"\$[^$]*\$", " ", title))
+        missing = [w for w in words if w not in box["title"]]
+        assert not missing, f"{rendered.url}: {kind} box {box['title']!r} lacks {missing} of {title!r}"
+
+
+def test_cross_references_resolve(rendered, site):
+    assert not rendered.dom["unresolved"], (
+        f"{rendered.url}: unresolved references:\n" + "\n".join(rendered.dom["unresolved"]))
+    broken = []
+    for url in sorted(set(rendered.dom["links"])):
+        target = local_target(url, site.url)
+        if target is None:
+            continue
+        path, fragment = target
+        if not path.is_file():
+            broken.append(f"{url}: no file {path.relative_to(HTML)}")
+        elif fragment and path.suffix == ".html" and fragment not in html_ids(path):
+            broken.append(f"{url}: no anchor #{fragment} in {path.relative_to(HTML)}")
+    assert not broken, f"{rendered.url}: links to nothing:\n" + "\n".join(broken)
+
+
+def test_content_fits_the_text_column(rendered):
+    """Code, outputs, display maths and tables fit the column at a desktop width (1280 px)."""
+    wide = [f"{b['kind']} {b['width']} px in a {b['column']} px column: {b['text']}"
+            for b in rendered.dom["overflowing"]]
+    assert not wide, (f"{rendered.url}: blocks wider than the text column (the reader must scroll "
+                      "sideways; wrap code lines and split long equations):\n" + "\n".join(wide))
+
+
+def test_colab_links(rendered):
+    colab = sorted({url for url in rendered.dom["links"] if "colab.research.google.com" in url})
+    for url in colab:
+        match = COLAB_ANY.match(url)
+        assert match, f"{rendered.url}: malformed Colab link {url}"
+        assert (ROOT / "book" / f"{match['name']}.ipynb").exists(), f"{rendered.url}: {url} names no chapter"
+    if rendered.page.is_chapter:
+        expected = COLAB.format(rendered.page.name)
+        assert expected in colab, f"{rendered.url}: no launch link {expected} (found {colab})"
+
+
+def test_screenshot_saved(rendered):
+    from PIL import Image
+
+    assert rendered.screenshot is not None and rendered.screenshot.exists()
+    with Image.open(rendered.screenshot) as image:
+        width, height = image.size
+        assert width >= 1000 and height >= 600, (width, height)
+        # A blank page is one colour: a rendered page has text, so many distinct colours.
+        colours = image.convert("RGB").resize((200, 200)).getcolors(maxcolors=200 * 200)
+        assert len(colours) > 20, f"{rendered.screenshot} looks blank"
