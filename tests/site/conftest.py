@@ -60,6 +60,4 @@ def browser(site_url):
 @pytest.fixture(scope="session")
 def site(browser, site_url):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    opened = Site(browser, site_url)
-    yield opened
-    opened.close()
+    return Site(browser, site_url)

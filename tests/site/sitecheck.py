@@ -248,15 +248,24 @@ def _mathjax_file(path: str) -> Path | None:
 
 
 class Site:
-    """One browser context on the local server; `render(page)` opens each page once (cached)."""
+    """The book on the local server; `render(page)` opens each page once (cached).
+
+    Each page gets a fresh browser context (empty storage), as for a reader who arrives on it
+    first: the verdict on a page then does not depend on which pages were opened before it.
+    """
 
     def __init__(self, browser, url: str):
         self.url = url
-        self.context = browser.new_context(viewport=VIEWPORT, service_workers="block")
-        self.context.set_default_timeout(TIMEOUT_MS)
-        self.context.route("**/*", self._route)
+        self.browser = browser
         self._current: RenderedPage | None = None
         self._cache: dict[str, RenderedPage] = {}
+
+    def new_context(self):
+        """A browser context whose requests go to the local server only (MathJax aside)."""
+        context = self.browser.new_context(viewport=VIEWPORT, service_workers="block")
+        context.set_default_timeout(TIMEOUT_MS)
+        context.route("**/*", self._route)
+        return context
 
     def _route(self, route) -> None:
         url = route.request.url
@@ -282,7 +291,8 @@ class Site:
                         "run `make book`", pytrace=False)
         result = RenderedPage(page=page, url=self.url + page.url_path)
         self._current = result
-        tab = self.context.new_page()
+        context = self.new_context()
+        tab = context.new_page()
         tab.on("pageerror", lambda error: result.page_errors.append(str(error)))
         tab.on("console", lambda msg: msg.type == "error" and result.console_errors.append(
             f"{msg.text} (at {msg.location.get('url') or '?'})"))
@@ -300,13 +310,10 @@ class Site:
             result.screenshot = SCREENSHOTS / f"{page.name}.png"
             tab.screenshot(path=str(result.screenshot), full_page=True)
         finally:
-            tab.close()
+            context.close()
             self._current = None
         self._cache[page.docname] = result
         return result
-
-    def close(self) -> None:
-        self.context.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,12 +56,13 @@ def test_toc_lists_pages():
 
 
 def test_index_redirects_to_the_first_page(site):
-    tab = site.context.new_page()
+    context = site.new_context()
     try:
+        tab = context.new_page()
         tab.goto(site.url + "/index.html")
         tab.wait_for_url(site.url + PAGES[0].url_path)
     finally:
-        tab.close()
+        context.close()
 
 
 def test_no_javascript_errors(rendered):
