@@ -2,7 +2,17 @@
 
 A transformer block turns its context into an exact rank-1 update of its first MLP weight
 (Dherin et al., 2025). This package builds the blocks, computes those updates and their
-token-by-token dynamics, and runs the book's experiments.
+token-by-token dynamics, checks the proofs symbolically, and runs the book's experiments.
+
+Modules, one job each:
+
+* ``contextual``, ``blocks``: contextual layers, blocks ``T_W = M_W ∘ A`` and stacks;
+* ``views``, ``checks``: how a block is split at ``W``; input validation;
+* ``implicit``, ``trajectory``: exact implicit updates, whole-network patches, token-by-token dynamics;
+* ``proofs``: sympy checks of every proof step;
+* ``tasks``, ``training``, ``evaluation``, ``baselines``, ``finetune``, ``metrics``: the experiments;
+* ``analysis``, ``deep``, ``memory``, ``compression``: measurements of the later chapters;
+* ``seeding``: reproducibility; ``bench``: the benchmark (``python -m icl_lib.bench``).
 """
 
 from . import proofs
@@ -15,8 +25,8 @@ from .analysis import (
     summed_update,
     update_cosines,
 )
+from .baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .blocks import MLP, Block, Transformer
-from .deep import deep_regression_config, encoder_stack
 from .compression import (
     BinnedMean,
     StaticPatch,
@@ -28,6 +38,9 @@ from .compression import (
     transport_update,
 )
 from .contextual import LinearAttention, RecurrentLayer, SelfAttention
+from .deep import deep_regression_config, encoder_stack
+from .evaluation import ContextCurve, context_length_curve, predictions_over_queries
+from .finetune import FineTuneResult, finetune_first_weight
 from .implicit import (
     ImplicitUpdate,
     block_inputs,
@@ -37,53 +50,35 @@ from .implicit import (
     network_update,
 )
 from .memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
-from .finetune import FineTuneResult, finetune_first_weight
-from .baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .metrics import frobenius_alignment
+from .seeding import seed_everything
 from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
-from .evaluation import ContextCurve, context_length_curve, predictions_over_queries
-from .seeding import seed_everything
 from .trajectory import ImplicitTrajectory, implicit_trajectory
 
 __all__ = [
+    # layers, blocks, stacks
     "SelfAttention",
     "LinearAttention",
     "RecurrentLayer",
     "MLP",
     "Block",
     "Transformer",
+    # the theorem: exact implicit updates
     "ImplicitUpdate",
     "implicit_update",
     "forward_with_update",
     "network_update",
     "forward_with_updates",
     "block_inputs",
+    # the implicit dynamics
     "ImplicitTrajectory",
     "implicit_trajectory",
-    "seed_everything",
-    "mean_sem",
-    "block_gaps",
-    "network_gap",
-    "position_gaps",
-    "summed_update",
-    "singular_value_ratio",
-    "update_cosines",
-    "deep_regression_config",
-    "encoder_stack",
+    # symbolic proofs
     "proofs",
-    "prompts_with_queries",
-    "transport_update",
-    "StaticPatch",
-    "fit_static_patch",
-    "apply_static_patch",
-    "apply_weight_patch",
-    "BinnedMean",
-    "binned_mean",
-    "PowerLawFit",
-    "power_law_fit",
-    "bootstrap_exponents",
-    "token_influence",
+    # reproducibility
+    "seed_everything",
+    # the regression task, training, baselines, fine-tuning
     "RegressionBatch",
     "sample_regression",
     "regression_tokens",
@@ -95,13 +90,35 @@ __all__ = [
     "train_block",
     "predict",
     "predict_implicit",
-    "least_squares_predict",
-    "least_squares_expected_loss",
-    "zero_predictor_loss",
-    "frobenius_alignment",
-    "FineTuneResult",
-    "finetune_first_weight",
     "predictions_over_queries",
     "ContextCurve",
     "context_length_curve",
+    "least_squares_predict",
+    "least_squares_expected_loss",
+    "zero_predictor_loss",
+    "FineTuneResult",
+    "finetune_first_weight",
+    "frobenius_alignment",
+    # measurements of the later chapters
+    "mean_sem",
+    "block_gaps",
+    "network_gap",
+    "position_gaps",
+    "summed_update",
+    "singular_value_ratio",
+    "update_cosines",
+    "deep_regression_config",
+    "encoder_stack",
+    "PowerLawFit",
+    "power_law_fit",
+    "bootstrap_exponents",
+    "token_influence",
+    "prompts_with_queries",
+    "transport_update",
+    "StaticPatch",
+    "fit_static_patch",
+    "apply_static_patch",
+    "apply_weight_patch",
+    "BinnedMean",
+    "binned_mean",
 ]
