@@ -43,7 +43,24 @@ def _check_heads(dim: int, n_heads: int) -> None:
         raise ValueError(f"dim={dim} is not divisible by n_heads={n_heads}")
 
 
-class SelfAttention(nn.Module):
+class _ProjectedHeads(nn.Module):
+    """The four projections shared by both attention layers: query, key, value, output."""
+
+    def __init__(self, dim: int, n_heads: int, bias: bool):
+        super().__init__()
+        _check_heads(dim, n_heads)
+        self.dim, self.n_heads = dim, n_heads
+        self.query = nn.Linear(dim, dim, bias=bias)
+        self.key = nn.Linear(dim, dim, bias=bias)
+        self.value = nn.Linear(dim, dim, bias=bias)
+        self.out = nn.Linear(dim, dim, bias=bias)
+
+    def heads(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys, values split into heads: three ``(B, n_heads, T, D // n_heads)``."""
+        return tuple(_split_heads(proj(tokens), self.n_heads) for proj in (self.query, self.key, self.value))
+
+
+class SelfAttention(_ProjectedHeads):
     """Multi-head softmax self-attention, the paper's contextual layer.
 
     ``A(z)_t = W_o · concat_heads( Σ_s softmax_s(q_t·k_s / √d_h) v_s )``, with ``s ≤ t``
@@ -59,17 +76,12 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, dim: int, n_heads: int = 1, causal: bool = True, bias: bool = True):
-        super().__init__()
-        _check_heads(dim, n_heads)
-        self.dim, self.n_heads, self.causal = dim, n_heads, causal
-        self.query = nn.Linear(dim, dim, bias=bias)
-        self.key = nn.Linear(dim, dim, bias=bias)
-        self.value = nn.Linear(dim, dim, bias=bias)
-        self.out = nn.Linear(dim, dim, bias=bias)
+        super().__init__(dim, n_heads, bias)
+        self.causal = causal
 
     def forward(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
         t = tokens.shape[1]
-        q, k, v = (_split_heads(proj(tokens), self.n_heads) for proj in (self.query, self.key, self.value))
+        q, k, v = self.heads(tokens)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.dim // self.n_heads)  # (B, h, T, T)
         allowed = _allowed_pairs(t, self.causal, keep, tokens.device)  # (B or 1, 1, T, T)
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -93,7 +105,7 @@ def _allowed_pairs(t: int, causal: bool, keep: Tensor | None, device: torch.devi
     return pairs
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(_ProjectedHeads):
     """Causal multi-head linear attention (kernelised attention with feature map elu + 1).
 
     ``A(z)_t = W_o · concat_heads( Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s / Σ_{s≤t} φ(q_t)·φ(k_s) )``.
@@ -105,17 +117,11 @@ class LinearAttention(nn.Module):
     """
 
     def __init__(self, dim: int, n_heads: int = 1, bias: bool = True):
-        super().__init__()
-        _check_heads(dim, n_heads)
-        self.dim, self.n_heads = dim, n_heads
-        self.query = nn.Linear(dim, dim, bias=bias)
-        self.key = nn.Linear(dim, dim, bias=bias)
-        self.value = nn.Linear(dim, dim, bias=bias)
-        self.out = nn.Linear(dim, dim, bias=bias)
+        super().__init__(dim, n_heads, bias)
 
     def forward(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
         t = tokens.shape[1]
-        q, k, v = (_split_heads(proj(tokens), self.n_heads) for proj in (self.query, self.key, self.value))
+        q, k, v = self.heads(tokens)
         q, k = F.elu(q) + 1, F.elu(k) + 1  # positive features: the normaliser never vanishes
         weights = q @ k.transpose(-1, -2)  # (B, h, T, T), all positive
         weights = weights * _allowed_pairs(t, True, keep, tokens.device).to(weights.dtype)
