@@ -31,12 +31,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-## make test: every check: unit tests, notebook regression tests, then a book build from scratch
+## make test: every check: unit tests; then the notebook regression tests and a book build from
+## scratch, side by side (each executes every chapter on one thread, so two cores run both at
+## once; -O prints each one's output whole when it ends); then the browser check of the book
 test: $(STAMP)
 	$(MAKE) unit
-	$(MAKE) nbval
 	$(MAKE) clean
-	$(MAKE) book
+	$(MAKE) -j2 -O nbval book
 	$(MAKE) site
 
 ## make unit: the library's unit tests (tests/ without the browser check tests/site; notebooks
