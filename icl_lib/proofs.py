@@ -1,16 +1,21 @@
-"""Symbolic checks, with sympy, of the theorem (SPEC §2) and the implicit dynamics (SPEC §3).
+"""Symbolic checks, with sympy, of the two exact results of Dherin et al. (2025).
+
+The first is their theorem that a context acts on a contextual block as a rank-one update of
+the first MLP weight (chapter 2 of the book, "The theorem and its proof"); the second, their
+proposition that absorbing the context one token at a time is a sequence of gradient steps
+(chapter 3, "Implicit learning dynamics").
 
 Every result of this module is a list of :class:`ProofStep`. A step holds two sympy
 expressions ``lhs`` and ``rhs`` and a flag ``verified`` that is ``True`` only when sympy
 reduced ``lhs - rhs`` to exactly zero. Nothing is marked verified by hand.
 
-Notation (SPEC §1-§3)
----------------------
+Notation (as in chapters 1-3 of the book)
+-----------------------------------------
 * ``W`` (m x n) and ``b`` (m x 1): weight and bias of the MLP's first dense layer.
 * ``f``: the rest of the block, ``f_θ``, an undefined sympy function.
-* ``a = A(C\\Y, x)`` (n x 1), the layer output without the part ``Y`` of the context,
+* ``a = A(C∖Y, x)`` (n x 1), the layer output without the part ``Y`` of the context,
   assumed non-zero; ``s = ‖a‖² = aᵀa``.
-* ``δ = A(C, x) − A(C\\Y, x)`` (n x 1), so that ``A(C, x) = a + δ``.
+* ``δ = A(C, x) − A(C∖Y, x)`` (n x 1), so that ``A(C, x) = a + δ``.
 * ``ΔW = (W δ) aᵀ / ‖a‖²`` (m x n), the rank-1 update of the theorem.
 * Dynamics: ``A_i = A(c_1..c_i, x)`` (n x 1), ``A_0 = A(x)``, ``h = 1/‖A_0‖²``,
   ``W_i = W_0 + W_0 (A_i − A_0) A_0ᵀ h``, ``Δ_i = W_0 (A_i − A_{i+1}) A_0ᵀ``,
@@ -257,7 +262,7 @@ def _patched_preactivation_general(update: sympy.MatrixExpr) -> ProofStep:
     W, a, delta, s = g["W"], g["a"], g["delta"], g["s"]
     return _step(
         "patched-preactivation",
-        "The patched weight maps the reduced input a = A(C\\Y, x) to the same pre-activation "
+        "The patched weight maps the reduced input a = A(C∖Y, x) to the same pre-activation "
         "as W maps the full input A(C, x) = a + δ, because aᵀa = ‖a‖².",
         (W + update) * a,
         W * (a + delta),
@@ -267,7 +272,7 @@ def _patched_preactivation_general(update: sympy.MatrixExpr) -> ProofStep:
 
 
 def theorem_general() -> list[ProofStep]:
-    """Steps of the theorem (SPEC §2) with MatrixSymbols of general size.
+    """Steps of the theorem (chapter 2) with MatrixSymbols of general size.
 
     Shapes: ``W`` (m x n), ``a``, ``δ``, ``δ₁``, ``δ₂`` (n x 1), ``b`` (m x 1), ``B`` (m x n),
     ``‖a‖²`` a positive scalar symbol standing for the 1 x 1 product ``aᵀa``; ``f`` is an
@@ -291,7 +296,7 @@ def theorem_general() -> list[ProofStep]:
             "patched-output",
             "Applying f(· + b) to both sides: the block with weight W + ΔW on the reduced "
             "context gives the block with weight W on the full context, "
-            "T_{W+ΔW}(C\\Y, x) = f(W A(C, x) + b) = T_W(C, x), for any function f.",
+            "T_(W+ΔW)(C∖Y, x) = f(W A(C, x) + b) = T_W(C, x), for any function f.",
             f((W + dW) * a + b),
             f(W * (a + delta) + b),
             GENERAL,
@@ -329,7 +334,7 @@ def theorem_general() -> list[ProofStep]:
     steps.append(
         _step(
             "corollary-full-context",
-            "With Y = C the whole context is absorbed: T_{W+ΔW}(x) = T_W(C, x) for "
+            "With Y = C the whole context is absorbed: T_(W+ΔW)(x) = T_W(C, x) for "
             "ΔW = W (A(C, x) − A(x)) A(x)ᵀ / ‖A(x)‖².",
             f((W + dW_full) * A_x + b),
             f(W * A_Cx + b),
@@ -384,7 +389,7 @@ def theorem_general() -> list[ProofStep]:
 
 
 def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
-    """Steps of the theorem (SPEC §2) with every entry its own real symbol.
+    """Steps of the theorem (chapter 2) with every entry its own real symbol.
 
     Shapes: ``W``, ``B`` (m x n); ``a``, ``δ``, ``δ₁``, ``δ₂`` (n x 1); ``b`` (m x 1);
     ``‖a‖² = Σ_j a_j²`` written out; ``f`` applied entry by entry.
@@ -419,7 +424,7 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
         ),
         _step(
             "patched-output.entries",
-            "Entry by entry, with f applied elementwise, T_{W+ΔW}(C\\Y, x) = T_W(C, x).",
+            "Entry by entry, with f applied elementwise, T_(W+ΔW)(C∖Y, x) = T_W(C, x).",
             T(W + dW, a),
             T(W, a + delta),
             method,
@@ -509,7 +514,7 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
     steps.append(
         _step(
             "corollary-full-context.entries",
-            "With Y = C: T_{W+ΔW}(x) = T_W(C, x), ΔW = W (A(C,x) − A(x)) A(x)ᵀ / ‖A(x)‖².",
+            "With Y = C: T_(W+ΔW)(x) = T_W(C, x), ΔW = W (A(C,x) − A(x)) A(x)ᵀ / ‖A(x)‖².",
             T(W + dW_full, A_x),
             T(W, A_Cx),
             method,
@@ -547,8 +552,23 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
 
 
 # ---------------------------------------------------------------------------
-# Implicit dynamics (SPEC §3)
+# Implicit dynamics (chapter 3)
 # ---------------------------------------------------------------------------
+
+
+_SUBSCRIPTS = str.maketrans("0123456789+−i", "₀₁₂₃₄₅₆₇₈₉₊₋ᵢ")
+
+
+def _sub(index: int | str) -> str:
+    """``index`` in Unicode subscript characters, for plain-text claims (``_sub(12) == "₁₂"``)."""
+    return str(index).translate(_SUBSCRIPTS)
+
+
+def _equivalence_claim(i: int) -> str:
+    """The plain-text claim of ``implicit-equivalence[i=..]`` for the token index ``i``."""
+    prompt = {0: "x", 1: "c₁, x"}.get(i, f"c₁..c{_sub(i)}, x")
+    return (f"T_(W{_sub(i)})(x) = T_W({prompt}): "
+            f"f(W{_sub(i)} A₀ + b) = f(W₀ A{_sub(i)} + b).")
 
 
 def _gradient(loss: sympy.Expr, variable: sympy.Matrix) -> sympy.Matrix:
@@ -557,7 +577,7 @@ def _gradient(loss: sympy.Expr, variable: sympy.Matrix) -> sympy.Matrix:
 
 
 def _dynamics_general() -> list[ProofStep]:
-    """The three per-token identities of SPEC §3 for a generic index i, in general dimension.
+    """The three per-token identities of the dynamics for a generic index i, in general dimension.
 
     Shapes: ``W_0``, ``V`` (m x n); ``A_0``, ``A_i``, ``A_{i+1}`` (n x 1); ``b`` (m x 1);
     ``h`` a positive scalar with ``A_0ᵀ A_0 = 1/h``. The gradient is sympy's matrix derivative.
@@ -579,14 +599,14 @@ def _dynamics_general() -> list[ProofStep]:
     return [
         _step(
             "loss-gradient[i]",
-            "The gradient of the linear loss L_i(V) = trace(Δ_iᵀ V) with respect to V is Δ_i.",
+            "The gradient of the linear loss Lᵢ(V) = trace(Δᵢᵀ V) with respect to V is Δᵢ.",
             sympy.Derivative(loss, V, evaluate=False),
             Delta_i,
             GENERAL,
         ),
         _step(
             "gradient-step[i]",
-            "W_{i+1} = W_i − h ∇L_i(W_i): absorbing token i+1 is one gradient step with "
+            "Wᵢ₊₁ = Wᵢ − h ∇Lᵢ(Wᵢ): absorbing token i+1 is one gradient step with "
             "learning rate h = 1/‖A(x)‖².",
             W(Aj),
             W(Ai) - h * grad.subs(V, W(Ai)),
@@ -594,7 +614,7 @@ def _dynamics_general() -> list[ProofStep]:
         ),
         _step(
             "implicit-equivalence[i]",
-            "T_{W_i}(x) = T_W(c_1..c_i, x): f(W_i A_0 + b) = f(W_0 A_i + b), using A_0ᵀA_0 = 1/h.",
+            "T_(Wᵢ)(x) = T_W(c₁..cᵢ, x): f(Wᵢ A₀ + b) = f(W₀ Aᵢ + b), using A₀ᵀA₀ = 1/h.",
             f(W(Ai) * A0 + b),
             f(W0 * Ai + b),
             GENERAL,
@@ -604,7 +624,7 @@ def _dynamics_general() -> list[ProofStep]:
 
 
 def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
-    """Steps of the implicit dynamics (SPEC §3).
+    """Steps of the implicit dynamics (chapter 3).
 
     First the three per-token identities for a generic index ``i`` in general dimension
     (names ending in ``[i]``), then, with explicit entries: ``W_0`` (m x n), ``A_0 .. A_tokens``
@@ -639,7 +659,7 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
         steps.append(
             _step(
                 f"loss-gradient[i={i}]",
-                f"∇_V trace(Δ_{i}ᵀ V) = Δ_{i}, differentiating entry by entry.",
+                f"∇_V trace(Δ{_sub(i)}ᵀ V) = Δ{_sub(i)}, differentiating entry by entry.",
                 V.applyfunc(lambda entry: sympy.Derivative(loss, entry, evaluate=False)),
                 Delta,
                 method,
@@ -649,7 +669,7 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
         steps.append(
             _step(
                 f"gradient-step[i={i}]",
-                f"W_{i + 1} = W_{i} − h ∇L_{i}(W_{i}), h = 1/‖A(x)‖².",
+                f"W{_sub(i + 1)} = W{_sub(i)} − h ∇L{_sub(i)}(W{_sub(i)}), h = 1/‖A(x)‖².",
                 Ws[i + 1],
                 Ws[i] - h * grad_at_Wi,
                 method,
@@ -659,7 +679,7 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
         steps.append(
             _step(
                 f"implicit-equivalence[i={i}]",
-                f"T_{{W_{i}}}(x) = T_W(c_1..c_{i}, x): f(W_{i} A_0 + b) = f(W_0 A_{i} + b).",
+                _equivalence_claim(i),
                 (Wi * A0 + b).applyfunc(f),
                 (W0 * A[i] + b).applyfunc(f),
                 method,
@@ -668,7 +688,8 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
     steps.append(
         _step(
             "telescoping-sum",
-            f"The whole context is the sum of the gradient steps: W_{tokens} − W_0 = −h Σ_i Δ_i.",
+            f"The whole context is the sum of the gradient steps: W{_sub(tokens)} − W₀ = "
+            "−h Σᵢ Δᵢ.",
             Ws[tokens] - W0,
             -h * sum(Deltas, sympy.zeros(m, n)),
             method,

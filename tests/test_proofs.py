@@ -7,11 +7,11 @@ import sympy
 
 from icl_lib import proofs
 
-# The identities asked for (SPEC §2 and §3); a step's base id drops the ".entries" suffix
-# and the "[i...]" index.
+# The identities of the theorem and of the implicit dynamics (chapters 2 and 3); a step's base
+# id drops the ".entries" suffix and the "[i...]" index.
 REQUIRED = {
     "patched-preactivation",  # (W + ΔW) a = W (a + δ)
-    "patched-output",  # T_{W+ΔW}(C\Y, x) = T_W(C, x)
+    "patched-output",  # T_(W+ΔW)(C∖Y, x) = T_W(C, x)
     "rank-one",  # all 2x2 minors vanish
     "rank-one-nonzero",  # ΔW is not identically zero
     "frobenius-norm",  # ‖ΔW‖_F² = ‖Wδ‖²/‖a‖²
@@ -126,3 +126,15 @@ def test_latex_and_report(steps):
     table = proofs.report(steps)
     assert all(s.name in table for s in steps)
     assert f"{len(steps)}/{len(steps)} steps verified" in table
+
+
+def test_claims_are_plain_text(steps):
+    """Chapters show the claims as Markdown prose: no TeX syntax that would appear literally."""
+    more = proofs.dynamics_steps(n=1, m=1, tokens=12) + proofs.theorem_entries(n=1, m=1)
+    for step in steps + more:
+        for tex in ("\\", "_{", "^{", "$"):
+            assert tex not in step.claim, f"{step.name}: {tex!r} in {step.claim!r}"
+    claims = {s.name: s.claim for s in more}
+    assert "W₁₂ = W₁₁ − h ∇L₁₁(W₁₁)" in claims["gradient-step[i=11]"]
+    assert claims["implicit-equivalence[i=0]"].startswith("T_(W₀)(x) = T_W(x):")
+    assert "T_W(c₁..c₁₂, x)" in claims["implicit-equivalence[i=12]"]
