@@ -1,7 +1,7 @@
 """Measurements on stacks of blocks: per-block and whole-network gaps, every position, ranks, alignment.
 
 These functions turn the exact identities of :mod:`icl_lib.implicit` into the numbers the
-"Beyond the paper" chapters report (SPEC §4; Innocenti & Achour, 2025):
+"Beyond the paper" chapters report (Innocenti & Achour, 2025):
 
 * :func:`block_gaps`: for every block of a stack, ``‖out_ℓ(prompt) − out_ℓ(query alone, patched)‖``
   at the query, each block fed the tokens its predecessor produces on the prompt;
@@ -112,7 +112,7 @@ def network_gap(model: nn.Module, tokens: Tensor) -> Tensor:
 
 @torch.no_grad()
 def position_gaps(block: nn.Module, tokens: Tensor) -> Tensor:
-    """The theorem at every position of one block (SPEC §4), checked in one batched call.
+    """The theorem at every position of one block (Innocenti & Achour, 2025), checked in one batched call.
 
     For each position ``i`` the update ``(ΔW_i, Δb′_i)`` of
     ``implicit_update(block, tokens, position="all")`` is applied to the block run on the query

@@ -1,6 +1,7 @@
 """Exact implicit weight updates: a context becomes a rank-1 patch of the first MLP weight.
 
-Notation (SPEC §2, §4). A block's MLP input at a position is ``m`` (``A(z)`` for a plain block,
+Notation (Dherin et al., 2025; for residual blocks, Innocenti & Achour, 2025). A block's MLP
+input at a position is ``m`` (``A(z)`` for a plain block,
 ``h`` or ``LN₂ h`` for residual blocks), ``W (H, D)`` is the first MLP weight. With ``a`` the MLP
 input at the query when the absorbed tokens are absent, and ``m_p`` the MLP input at position
 ``p`` of the full prompt,

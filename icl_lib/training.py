@@ -7,7 +7,7 @@ rate to zero (or a constant rate). A fixed validation set is scored at regular i
 
 * *with the context*: the block run on the whole prompt;
 * *without the context*: the block run on the query alone with ``W + ΔW``, where ``ΔW`` is the
-  exact implicit update of :func:`icl_lib.implicit_update` (Dherin et al., 2025, Theorem 2.2).
+  exact implicit update of :func:`icl_lib.implicit_update` (Dherin et al., 2025).
 
 All randomness (initialisation, training tasks, validation tasks) comes from generators seeded
 from ``config.seed``; the global random state is left as it was. With a fixed thread count

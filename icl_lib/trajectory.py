@@ -1,4 +1,4 @@
-"""Implicit learning dynamics: absorbing the context one token at a time (SPEC §3).
+"""Implicit learning dynamics: absorbing the context one token at a time (Dherin et al., 2025).
 
 With ``A_i = A(c_1..c_i, x)`` (the block run on the truncated prompt ``[c_1..c_i, x]``) and
 ``A_0 = A(x)``, the weights ``W_i = W + W (A_i − A_0) A_0ᵀ / ‖A_0‖²`` satisfy
