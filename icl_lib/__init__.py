@@ -50,7 +50,7 @@ from .implicit import (
     network_update,
 )
 from .memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
-from .metrics import frobenius_alignment
+from .metrics import frobenius_alignment, relative_error
 from .seeding import seed_everything
 from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
@@ -99,6 +99,7 @@ __all__ = [
     "FineTuneResult",
     "finetune_first_weight",
     "frobenius_alignment",
+    "relative_error",
     # measurements of the later chapters
     "mean_sem",
     "block_gaps",

@@ -1,15 +1,52 @@
-"""The alignment of two matrices: the cosine of the angle between them as vectors.
+"""Comparisons of tensors: the relative error of a batch, the alignment of two matrices.
 
-Used to compare an explicit fine-tuning step ``ΔW_ft`` with the implicit update ``ΔW`` of a
-prompt (Dherin et al., 2025, Fig. 4). Means and standard errors over tasks come from
-:func:`icl_lib.mean_sem`; power-law exponents from :func:`icl_lib.power_law_fit`.
+The relative error measures how closely a patched block reproduces the prompted one, prompt by
+prompt (chapters 2 and 3 of the book). The alignment, the cosine of the angle between two
+matrices as vectors, compares an explicit fine-tuning step ``ΔW_ft`` with the implicit update
+``ΔW`` of a prompt (Dherin et al., 2025, Fig. 4). Means and standard errors over tasks come
+from :func:`icl_lib.mean_sem`; power-law exponents from :func:`icl_lib.power_law_fit`.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["frobenius_alignment"]
+__all__ = ["relative_error", "frobenius_alignment"]
+
+
+def relative_error(got: Tensor, want: Tensor) -> Tensor:
+    """``‖got − want‖ / ‖want‖`` for each example of a batch.
+
+    The norms are Euclidean over every axis after the first (the Frobenius norm for a batch of
+    matrices), so each example is compared as a whole.
+
+    Args:
+        got: ``(B, ...)``, the computed values.
+        want: ``(B, ...)``, the reference, with the same shape, dtype and device; no example of
+            it may be exactly zero (its relative error would be undefined).
+
+    Returns:
+        ``(B,)``, non-negative.
+    """
+    if not isinstance(got, Tensor) or not isinstance(want, Tensor):
+        raise TypeError(f"got and want must be torch.Tensors, got {type(got).__name__} and {type(want).__name__}")
+    if got.shape != want.shape:
+        raise ValueError(f"got and want must have the same shape, got {tuple(got.shape)} and {tuple(want.shape)}")
+    if got.ndim < 1:
+        raise ValueError("got and want need a batch axis (B, ...), got 0-d tensors")
+    if got.dtype != want.dtype or got.device != want.device:
+        raise TypeError(f"got is {got.dtype} on {got.device} but want is {want.dtype} on {want.device}")
+    if not got.is_floating_point():
+        raise TypeError(f"got and want must be floating point, got {got.dtype}")
+
+    def per_example(t: Tensor) -> Tensor:  # (B, ...) -> (B, K)
+        return t.flatten(1) if t.ndim > 1 else t[:, None]
+
+    reference = per_example(want).norm(dim=1)
+    zero = (reference == 0).nonzero().flatten().tolist()
+    if zero:
+        raise ValueError(f"want is exactly zero for batch element(s) {zero}: the relative error is undefined")
+    return per_example(got - want).norm(dim=1) / reference
 
 
 def frobenius_alignment(a: Tensor, b: Tensor) -> Tensor:

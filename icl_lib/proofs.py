@@ -83,6 +83,34 @@ class ProofStep:
         """Return ``r"lhs = rhs"`` in LaTeX, for display."""
         return f"{sympy.latex(self.lhs)} = {sympy.latex(self.rhs)}"
 
+    def markdown(self, split: bool = False, identity: bool = True) -> str:
+        """Return the step as Markdown, the way the book's chapters display it.
+
+        The first paragraph is ``**name** (method, verified): claim`` (``NOT verified`` for a
+        step sympy could not reduce); then, with ``identity``, the identity sympy compared, as
+        display maths between ``$$`` lines.
+
+        Args:
+            split: put ``= rhs`` on a second line (an ``aligned`` environment), for formulas
+                too long for one line.
+            identity: ``False`` gives the first paragraph alone, without the formula
+                (``split`` must then be ``False``).
+        """
+        if not isinstance(split, bool) or not isinstance(identity, bool):
+            raise TypeError(f"split and identity must be bools, got {split!r} and {identity!r}")
+        if split and not identity:
+            raise ValueError("split=True splits the displayed identity, but identity=False hides it")
+        verdict = "verified" if self.verified else "NOT verified"
+        text = f"**{self.name}** ({self.method}, {verdict}): {self.claim}"
+        if not identity:
+            return text
+        if split:
+            lhs, rhs = sympy.latex(self.lhs), sympy.latex(self.rhs)
+            formula = rf"\begin{{aligned}} &{lhs} \\ &\quad = {rhs} \end{{aligned}}"
+        else:
+            formula = self.latex()
+        return f"{text}\n\n$$\n{formula}\n$$"
+
 
 # ---------------------------------------------------------------------------
 # The verification machinery

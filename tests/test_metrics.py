@@ -1,4 +1,4 @@
-"""The Frobenius alignment of matrices."""
+"""The relative error of a batch and the Frobenius alignment of matrices."""
 
 from __future__ import annotations
 
@@ -43,3 +43,45 @@ def test_alignment_bad_inputs():
         icl.frobenius_alignment(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.float64))
     with pytest.raises(TypeError, match="floating"):
         icl.frobenius_alignment(torch.ones(2, 2, dtype=torch.int64), torch.ones(2, 2, dtype=torch.int64))
+
+
+def test_relative_error_known_values():
+    # differences got − want = (0, 1) and (2, 0); reference norms ‖want‖ = 5 and 2
+    want = torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.float64)
+    got = torch.tensor([[3.0, 5.0], [2.0, 2.0]], dtype=torch.float64)
+    err = icl.relative_error(got, want)
+    assert err.shape == (2,)
+    assert err.tolist() == pytest.approx([1 / 5, 2 / 2])
+    # not symmetric: the reference is the second argument
+    assert icl.relative_error(want, got).tolist() == pytest.approx([1 / 34**0.5, 2 / 8**0.5])
+    assert icl.relative_error(want, want).tolist() == [0.0, 0.0]
+
+
+def test_relative_error_takes_the_norm_over_every_axis_after_the_first():
+    want = torch.randn(4, 3, 5, 2, dtype=torch.float64)
+    got = want + 1e-3 * torch.randn(4, 3, 5, 2, dtype=torch.float64)
+    err = icl.relative_error(got, want)
+    assert err.shape == (4,)
+    for k in range(4):  # each example as a whole, a Frobenius-type norm
+        ratio = torch.linalg.vector_norm(got[k] - want[k]) / torch.linalg.vector_norm(want[k])
+        assert err[k].item() == pytest.approx(ratio.item(), rel=1e-12)
+    # a batch of scalars: |got − want| / |want|
+    scalars = icl.relative_error(torch.tensor([1.5, -2.0]), torch.tensor([1.0, -4.0]))
+    assert scalars.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_relative_error_bad_inputs():
+    with pytest.raises(ValueError, match="same shape"):
+        icl.relative_error(torch.ones(2, 3), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="same shape"):
+        icl.relative_error(torch.ones(2, 3), torch.ones(3, 2))
+    with pytest.raises(ValueError, match="batch axis"):
+        icl.relative_error(torch.tensor(1.0), torch.tensor(2.0))
+    with pytest.raises(ValueError, match=r"zero for batch element\(s\) \[1\]"):
+        icl.relative_error(torch.ones(2, 3), torch.tensor([[1.0, 0, 0], [0, 0, 0]]))
+    with pytest.raises(TypeError, match="float64"):
+        icl.relative_error(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="floating"):
+        icl.relative_error(torch.ones(2, 2, dtype=torch.int64), torch.ones(2, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.Tensors"):
+        icl.relative_error([[1.0]], torch.ones(1, 1))

@@ -138,3 +138,37 @@ def test_claims_are_plain_text(steps):
     assert "W₁₂ = W₁₁ − h ∇L₁₁(W₁₁)" in claims["gradient-step[i=11]"]
     assert claims["implicit-equivalence[i=0]"].startswith("T_(W₀)(x) = T_W(x):")
     assert "T_W(c₁..c₁₂, x)" in claims["implicit-equivalence[i=12]"]
+
+
+def test_markdown_shows_the_claim_and_the_checked_identity():
+    x, y = sympy.symbols("x y")
+    step = proofs.ProofStep(
+        name="square", claim="The square of a sum.", lhs=(x + y) ** 2, rhs=x**2 + 2 * x * y + y**2,
+        verified=True, method=proofs.GENERAL,
+    )
+    header = f"**square** ({proofs.GENERAL}, verified): The square of a sum."
+    assert step.markdown(identity=False) == header
+    one_line = step.markdown()
+    assert one_line == f"{header}\n\n$$\n{step.latex()}\n$$"
+    assert one_line.endswith("$$\n\\left(x + y\\right)^{2} = x^{2} + 2 x y + y^{2}\n$$")
+    split = step.markdown(split=True)
+    assert split == (
+        f"{header}\n\n$$\n\\begin{{aligned}} &\\left(x + y\\right)^{{2}} \\\\ "
+        "&\\quad = x^{2} + 2 x y + y^{2} \\end{aligned}\n$$"
+    )
+    # the claim paragraph carries no TeX; all the maths sits between the two $$ lines
+    assert "$" not in split.split("\n\n")[0] and split.count("$$") == 2
+
+
+def test_markdown_says_when_a_step_is_not_verified_and_rejects_bad_options(steps):
+    wrong = proofs.ProofStep(
+        name="wrong", claim="Not an identity.", lhs=sympy.Symbol("x"), rhs=sympy.Integer(1),
+        verified=False, method=proofs.GENERAL,
+    )
+    assert wrong.markdown(identity=False) == f"**wrong** ({proofs.GENERAL}, NOT verified): Not an identity."
+    for step in steps:
+        assert step.markdown().startswith(f"**{step.name}** ({step.method}, verified): {step.claim}\n\n$$\n")
+    with pytest.raises(ValueError, match="identity=False"):
+        wrong.markdown(split=True, identity=False)
+    with pytest.raises(TypeError, match="bools"):
+        wrong.markdown(split="yes")
