@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import module_dtype_device
+from .seeding import single_thread
 from .tasks import RegressionBatch
 from .views import view_of
 
@@ -70,10 +71,14 @@ def _no_context_tokens(x: Tensor) -> Tensor:
     return torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1)[..., None, :]
 
 
+@single_thread()
 def finetune_first_weight(
     block: nn.Module, tasks: RegressionBatch, n_examples: Sequence[int], *, steps: int, lr: float
 ) -> FineTuneResult:
     """Fine-tune only ``W`` by gradient descent on the first ``i`` context examples (protocol above).
+
+    Runs on one torch thread (:func:`icl_lib.seeding.single_thread`): the result does not depend
+    on the caller's thread count.
 
     Args:
         block: an :class:`icl_lib.Block` (or a supported ``TransformerEncoderLayer``); not modified.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "THREADS_ENV"]
+__all__ = ["seed_everything", "single_thread", "THREADS_ENV"]
 
 THREADS_ENV = "ICL_LIB_THREADS"
 
@@ -34,3 +36,20 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the enclosed code on one torch thread, then restore the caller's thread count.
+
+    Long iterative computations (training, fine-tuning) amplify round-off: with two threads a
+    matrix product may add its terms in another order, and after thousands of optimiser steps
+    the weights differ in their third digit. On one thread they do not depend on the caller's
+    thread count. Usable as a decorator: ``@single_thread()``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

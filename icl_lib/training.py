@@ -26,6 +26,7 @@ from torch import Tensor
 from .blocks import ACTIVATIONS, CONTEXTUAL_LAYERS, Block, Transformer
 from .checks import module_dtype_device
 from .implicit import forward_with_update, forward_with_updates, implicit_update, network_update
+from .seeding import single_thread
 from .tasks import read_prediction, regression_loss, sample_regression
 
 __all__ = ["TrainingConfig", "TrainingHistory", "build_block", "train_block", "predict", "predict_implicit"]
@@ -192,8 +193,12 @@ def predict_implicit(block: torch.nn.Module, tokens: Tensor) -> Tensor:
     return read_prediction(forward_with_update(block, update, tokens[:, -1:]))
 
 
+@single_thread()
 def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | Transformer, TrainingHistory]:
     """Train a block from scratch under ``config``; returns it (eval mode, float32) and its history.
+
+    Training runs on one torch thread (:func:`icl_lib.seeding.single_thread`), so the trained
+    weights do not depend on the caller's thread count.
 
     With ``config.depth`` set, the same loop trains an :class:`icl_lib.Transformer` stack; its
     implicit validation patches every block (:func:`predict_implicit`).

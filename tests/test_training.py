@@ -102,3 +102,16 @@ def test_bad_arguments():
         icl.build_block(None)
     with pytest.raises(ValueError, match="log_every"):
         icl.train_block(icl.TrainingConfig(**SMALL), log_every=-1)
+
+
+def test_training_does_not_depend_on_the_thread_count():
+    """The trained weights are bit-identical whatever torch's thread count is outside."""
+    config = icl.TrainingConfig(steps=30, batch=16, n_val=50, eval_every=10, hidden=16)
+    weights = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        block, _ = icl.train_block(config)
+        assert torch.get_num_threads() == threads  # restored afterwards
+        weights.append(torch.cat([p.detach().flatten() for p in block.parameters()]))
+    torch.set_num_threads(1)
+    assert torch.equal(weights[0], weights[1])
