@@ -119,18 +119,24 @@ def check_reference(a: Tensor) -> Tensor:
     return a
 
 
+def _at(x: Tensor | None, position: int | None) -> Tensor | None:
+    """``x (B, T, ...)`` at one position (``(B, ...)``), or whole for every position (``None``)."""
+    return x if x is None or position is None else x[:, position]
+
+
 def _update(
-    view: BlockView, tokens: Tensor, m: Tensor, h: Tensor | None, keep: Tensor | None, position: int | None
+    view: BlockView, tokens: Tensor, pre: Tensor, h: Tensor | None, keep: Tensor | None, position: int | None
 ) -> ImplicitUpdate:
-    """The update from the full prompt's streams ``m, h (B, T, D)`` (computed once by the caller)."""
+    """The update from the prompted pre-activations ``pre = W m_p + b`` and residual streams ``h``
+    at the reproduced position(s), ``(B, H)`` and ``(B, D)``, or ``(B, T, ·)`` for every position.
+
+    ``u = W δ = (W m_p + b) − (W a + b)``: the prompted forward pass has computed ``W m_p + b``
+    already, so the update costs one query-alone pass and a subtraction per position.
+    """
     a, h_a = _reference(view, tokens, keep)
-    if position is None:
-        target, ref = m, a[:, None]
-        shift = None if h is None else h - h_a[:, None]
-    else:
-        target, ref = m[:, position], a
-        shift = None if h is None else h[:, position] - h_a
-    u = (target - ref) @ view.first.weight.T
+    pre_a, stacked = view.first(a), position is None
+    u = pre - (pre_a[:, None] if stacked else pre_a)
+    shift = None if h is None else h - (h_a[:, None] if stacked else h_a)
     return ImplicitUpdate(u=u, v=a, delta_b=shift, position=position, n_tokens=tokens.shape[1])
 
 
@@ -167,7 +173,7 @@ def implicit_update(
     if absorb is not None:
         keep = _keep_from_absorb(check_mask(absorb, "absorb", shape=(b, t - 1), device=tokens.device))
     m, h = view.stream(tokens)
-    return _update(view, tokens, m, h, keep, pos)
+    return _update(view, tokens, view.first(_at(m, pos)), _at(h, pos), keep, pos)
 
 
 def _patched_output(view: BlockView, update: ImplicitUpdate, m_q: Tensor, h_q: Tensor | None) -> Tensor:
@@ -267,9 +273,10 @@ def network_update(model: nn.Module, tokens: Tensor, position: int | str = -1) -
     updates = []
     for i, view in enumerate(views):
         m, h = view.stream(z)
-        updates.append(_update(view, z, m, h, None, pos))
-        if i + 1 < len(views):  # the last block's output feeds no update: skip its MLP
-            z = view.finish(view.first(m), h)
+        pre = view.first(m)  # W m + b at every position: the forward pass and the updates share it
+        updates.append(_update(view, z, _at(pre, pos), _at(h, pos), None, pos))
+        if i + 1 < len(views):  # the last block's output feeds no update: skip the rest of its MLP
+            z = view.finish(pre, h)
     return updates
 
 
