@@ -77,7 +77,7 @@ def finetune_first_weight(
 ) -> FineTuneResult:
     """Fine-tune only ``W`` by gradient descent on the first ``i`` context examples (protocol above).
 
-    Runs on one torch thread (:func:`icl_lib.seeding.single_thread`): the result does not depend
+    Runs on one torch thread (``icl_lib.seeding.single_thread``): the result does not depend
     on the caller's thread count.
 
     Args:

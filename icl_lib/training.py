@@ -197,7 +197,7 @@ def predict_implicit(block: torch.nn.Module, tokens: Tensor) -> Tensor:
 def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | Transformer, TrainingHistory]:
     """Train a block from scratch under ``config``; returns it (eval mode, float32) and its history.
 
-    Training runs on one torch thread (:func:`icl_lib.seeding.single_thread`), so the trained
+    Training runs on one torch thread (``icl_lib.seeding.single_thread``), so the trained
     weights do not depend on the caller's thread count.
 
     With ``config.depth`` set, the same loop trains an :class:`icl_lib.Transformer` stack; its
