@@ -108,7 +108,8 @@ def implicit_trajectory(block: nn.Module, tokens: Tensor) -> ImplicitTrajectory:
             h_steps.append(h[:, -1].view(b, k, d))
     m_steps = torch.cat(m_steps, dim=1)  # (B, N+1, D): A_i; A_0 = A(x), so ΔW_0 is exactly zero
     a = check_reference(m_steps[:, 0])
-    u = (m_steps - a[:, None]) @ view.first.weight.T
+    pre = view.first(m_steps)  # W A_i + b
+    u = pre - pre[:, :1]  # W (A_i − A_0), as in icl_lib.implicit_update
     shift = None
     if h_steps:
         h_steps = torch.cat(h_steps, dim=1)
