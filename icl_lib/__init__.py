@@ -8,6 +8,8 @@ Modules, one job each:
 
 * ``contextual``, ``blocks``: contextual layers, blocks ``T_W = M_W ∘ A`` and stacks;
 * ``views``, ``checks``: how a block is split at ``W``; input validation;
+* ``decoders``, ``language_models``, ``pretrained``: the same for ``transformers`` causal LMs
+  (Llama family, Gemma 2/3, GPT-2) and the pretrained SmolLM2 shipped by pip;
 * ``implicit``, ``trajectory``: exact implicit updates, whole-network patches, token-by-token dynamics;
 * ``proofs``: sympy checks of every proof step;
 * ``tasks``, ``training``, ``evaluation``, ``baselines``, ``finetune``, ``metrics``: the experiments;
@@ -15,7 +17,7 @@ Modules, one job each:
 * ``seeding``: reproducibility; ``bench``: the benchmark (``python -m icl_lib.bench``).
 """
 
-from . import proofs
+from . import decoders, proofs
 from .analysis import (
     block_gaps,
     mean_sem,
@@ -54,7 +56,8 @@ from .metrics import frobenius_alignment, relative_error
 from .seeding import seed_everything
 from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
-from .trajectory import ImplicitTrajectory, implicit_trajectory
+from .pretrained import load_smollm2
+from .trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
 
 __all__ = [
     # layers, blocks, stacks
@@ -73,7 +76,11 @@ __all__ = [
     "block_inputs",
     # the implicit dynamics
     "ImplicitTrajectory",
+    "NetworkTrajectory",
     "implicit_trajectory",
+    # real language models (transformers): the adapters, the pretrained model
+    "decoders",
+    "load_smollm2",
     # symbolic proofs
     "proofs",
     # reproducibility

@@ -31,6 +31,8 @@ from .implicit import (
     implicit_update,
     network_update,
 )
+from .checks import check_position
+from .decoders import is_language_model
 from .views import stack_of
 
 __all__ = [
@@ -66,45 +68,67 @@ def mean_sem(values: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def block_gaps(model: nn.Module, tokens: Tensor) -> Tensor:
+def block_gaps(
+    model: nn.Module, tokens: Tensor, position: int | str = -1, *, attention_mask: Tensor | None = None
+) -> Tensor:
     """Per block, the distance between the prompted output and the patched query-alone output.
 
     Block ``ℓ`` receives ``z = `` the tokens block ``ℓ−1`` outputs on the prompt
     (:func:`icl_lib.block_inputs`); its update ``(ΔW, Δb′)`` absorbs the whole context of ``z``,
-    and the gap is ``‖block_ℓ(z)[query] − patched block_ℓ(z[query])‖₂``.
+    and the gap is ``‖block_ℓ(z)[p] − patched block_ℓ(z[query])‖₂`` at position ``p``.
 
     Args:
         model: a stack (:class:`icl_lib.Transformer`, ``torch.nn.TransformerEncoder`` in eval
-            mode, or an ``nn.Sequential`` / ``nn.ModuleList`` of supported blocks).
-        tokens: the prompts ``(B, T, in_dim)``, ``T ≥ 2`` (context then query).
+            mode, or an ``nn.Sequential`` / ``nn.ModuleList`` of supported blocks), or a
+            ``transformers`` causal LM (then block = decoder layer).
+        tokens: the prompts ``(B, T, in_dim)``, ``T ≥ 2`` (context then query); token ids
+            ``(B, T)`` for a language model.
+        position: the position ``p`` compared (default the query), or ``"all"``.
+        attention_mask: language models only: ``(B, T)``, 0 for left padding.
 
     Returns:
-        ``(B, depth)``: the Euclidean norm of the difference of the two ``D``-vectors.
+        ``(B, depth)``, or ``(B, depth, T)`` for ``position="all"``: the Euclidean norm of the
+        difference of the two ``D``-vectors.
     """
+    if is_language_model(model):
+        from .language_models import lm_block_gaps
+
+        return lm_block_gaps(model, tokens, attention_mask, position)
+    if attention_mask is not None:
+        raise ValueError("attention_mask is for transformers language models only")
     _, blocks, _ = stack_of(model)
     if isinstance(tokens, Tensor) and tokens.ndim == 3 and tokens.shape[1] < 2:
         raise ValueError(f"tokens hold {tokens.shape[1]} token(s): the context is empty; need T ≥ 2")
     inputs = block_inputs(model, tokens)
+    pos = check_position(position, inputs[0].shape[1])
     gaps = []
     for block, z in zip(blocks, inputs):
-        update = implicit_update(block, z)
+        update = implicit_update(block, z, position="all" if pos is None else pos)
         patched = forward_with_update(block, update, z[:, -1:])
-        gaps.append((block(z)[:, -1] - patched).norm(dim=-1))
+        prompted = block(z) if pos is None else block(z)[:, pos]
+        gaps.append((prompted - patched).norm(dim=-1))
     return torch.stack(gaps, dim=1)
 
 
 @torch.no_grad()
-def network_gap(model: nn.Module, tokens: Tensor) -> Tensor:
+def network_gap(model: nn.Module, tokens: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
     """The whole stack on the prompt versus the query alone through the stack, every block patched.
 
     Args:
-        model: a stack, as for :func:`block_gaps`.
-        tokens: the prompts ``(B, T, in_dim)``, ``T ≥ 2``.
+        model: a stack, as for :func:`block_gaps`, or a ``transformers`` causal LM.
+        tokens: the prompts ``(B, T, in_dim)``, ``T ≥ 2``; token ids ``(B, T)`` for a language model.
+        attention_mask: language models only: ``(B, T)``, 0 for left padding.
 
     Returns:
         ``(B,)``: ``‖model(tokens)[query] − forward_with_updates(model, network_update(...), query)‖₂``,
-        the norm taken over the model's output coordinates.
+        the norm taken over the model's output coordinates (the logits, for a language model).
     """
+    if is_language_model(model):
+        from .language_models import lm_network_gap
+
+        return lm_network_gap(model, tokens, attention_mask)
+    if attention_mask is not None:
+        raise ValueError("attention_mask is for transformers language models only")
     updates = network_update(model, tokens)
     patched = forward_with_updates(model, updates, tokens[:, -1])
     return (model(tokens)[:, -1] - patched).norm(dim=-1)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_mask, check_position, check_tokens, module_dtype_device
+from .decoders import is_language_model
 from .views import BlockView, stack_of, view_of
 
 __all__ = [
@@ -47,6 +48,10 @@ class ImplicitUpdate:
         position: the prompt position whose output the patch reproduces (non-negative), or
             ``None`` when ``u`` holds one update per position.
         n_tokens: ``T``, the length of the prompt the update was computed from.
+        position_ids: for a ``transformers`` causal LM, the position id of each prompt's query,
+            ``(B,)`` long (with left padding it differs from ``T − 1``): a model with learned
+            absolute positions (GPT-2) embeds the query alone there. ``None`` for the library's
+            own blocks, whose tokens carry no position id.
     """
 
     u: Tensor
@@ -54,6 +59,7 @@ class ImplicitUpdate:
     delta_b: Tensor | None
     position: int | None
     n_tokens: int
+    position_ids: Tensor | None = None
 
     @property
     def stacked(self) -> bool:
@@ -246,8 +252,25 @@ def _check_stack_tokens(model: nn.Module, tokens: object, name: str, min_length:
     return embed, blocks, views, head, tokens
 
 
-def block_inputs(model: nn.Module, tokens: Tensor) -> list[Tensor]:
-    """The input tokens of every block of a stack, ``depth`` tensors ``(B, T, D)``."""
+def _no_mask_for_stacks(attention_mask: Tensor | None) -> None:
+    if attention_mask is not None:
+        raise ValueError(
+            "attention_mask is for transformers language models; the library's own stacks take every token "
+            "(absent tokens of a single block go through implicit_update's absorb mask)"
+        )
+
+
+def block_inputs(model: nn.Module, tokens: Tensor, *, attention_mask: Tensor | None = None) -> list[Tensor]:
+    """The input tokens of every block of a stack, ``depth`` tensors ``(B, T, D)``.
+
+    For a ``transformers`` causal LM, ``tokens`` are token ids ``(B, T)`` (optionally with an
+    ``attention_mask``) and the result is the input hidden states of every decoder layer.
+    """
+    if is_language_model(model):
+        from .language_models import lm_block_inputs
+
+        return lm_block_inputs(model, tokens, attention_mask)
+    _no_mask_for_stacks(attention_mask)
     embed, blocks, _, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=1)
     inputs = [embed(tokens)]
     for block in blocks[:-1]:
@@ -255,7 +278,9 @@ def block_inputs(model: nn.Module, tokens: Tensor) -> list[Tensor]:
     return inputs
 
 
-def network_update(model: nn.Module, tokens: Tensor, position: int | str = -1) -> list[ImplicitUpdate]:
+def network_update(
+    model: nn.Module, tokens: Tensor, position: int | str = -1, *, attention_mask: Tensor | None = None
+) -> list[ImplicitUpdate]:
     """One :class:`ImplicitUpdate` per block of a stack, from one forward pass with the context.
 
     Block ``ℓ`` sees block ``ℓ−1``'s outputs; its update absorbs its whole context, with the
@@ -263,10 +288,25 @@ def network_update(model: nn.Module, tokens: Tensor, position: int | str = -1) -
     ``position=-1`` the list feeds :func:`forward_with_updates`; ``"all"`` gives every position.
 
     Args:
-        model: an :class:`icl_lib.Transformer`, a ``torch.nn.TransformerEncoder``, or an
-            ``nn.Sequential`` / ``nn.ModuleList`` of supported blocks.
-        tokens: the prompt ``(B, T, in_dim)``, ``T ≥ 2``.
+        model: an :class:`icl_lib.Transformer`, a ``torch.nn.TransformerEncoder``, an
+            ``nn.Sequential`` / ``nn.ModuleList`` of supported blocks, or a ``transformers``
+            causal LM (:data:`icl_lib.decoders.SUPPORTED_LANGUAGE_MODELS`).
+        tokens: the prompt ``(B, T, in_dim)``, ``T ≥ 2``; for a language model, token ids
+            ``(B, T)`` (``torch.long``).
+        position: the position whose output the patches reproduce (default the query), or
+            ``"all"``.
+        attention_mask: language models only: ``(B, T)`` of 0/1, 0 for left padding (or any
+            absent token: absent tokens are as if removed, positions counted over the others).
+
+    For a language model, each decoder layer's gated MLP has first layer ``W_s = [W_gate; W_up]``,
+    so ``u`` is ``(B, 2H)``; ``Δb′`` is added after the MLP (after Gemma's post-feed-forward norm).
+    The computation is the model's own forward (see :mod:`icl_lib.language_models`).
     """
+    if is_language_model(model):
+        from .language_models import lm_network_update
+
+        return lm_network_update(model, tokens, position, attention_mask)
+    _no_mask_for_stacks(attention_mask)
     embed, _, views, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=2)
     pos = check_position(position, tokens.shape[1])
     z = embed(tokens)
@@ -288,9 +328,17 @@ def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], qu
         updates: from :func:`network_update` with the query position (one per block).
         query: ``(B, in_dim)`` or ``(B, 1, in_dim)``.
 
+    For a ``transformers`` causal LM, ``query`` is the last token id alone, ``(B, 1)``
+    (``input_ids[:, -1:]``), embedded at the position id the updates carry, and the result is
+    the logits ``(B, vocab)``, equal to ``model(input_ids).logits[:, -1]``.
+
     Returns:
         ``(B, out_dim)``: equal to the model's prompted output at the query.
     """
+    if is_language_model(model):
+        from .language_models import lm_forward_with_updates
+
+        return lm_forward_with_updates(model, updates, query)
     embed, blocks, _, head, query = _check_stack_tokens(model, query, "query", min_length=1)
     if query.shape[1] != 1:
         raise ValueError(f"query must be one token, (B, in_dim) or (B, 1, in_dim); got {tuple(query.shape)}")

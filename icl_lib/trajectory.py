@@ -9,18 +9,25 @@ With ``A_i = A(c_1..c_i, x)`` (the block run on the truncated prompt ``[c_1..c_i
 
 For residual blocks ``A`` stands for the MLP input (``h`` or ``LN₂ h``) and each step also
 shifts ``b′``; the weight dynamics are the same.
+
+For a ``transformers`` causal LM the trajectory is the model's: step ``i`` is the truncated
+prompt ``[c_1..c_i, x]`` run through the whole model, and every decoder layer gets its patch
+(:class:`NetworkTrajectory`). Layer ``ℓ ≥ 1`` then sees, at the query, an input that itself
+depends on ``i``, so its reference ``a`` (``v``) changes from step to step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .decoders import is_language_model
 from .implicit import ImplicitUpdate, _check_block_tokens, check_reference
 
-__all__ = ["ImplicitTrajectory", "implicit_trajectory"]
+__all__ = ["ImplicitTrajectory", "NetworkTrajectory", "implicit_trajectory"]
 
 # Upper bound on B·k·T·T (attention scores) when k truncated prompts run in one batch.
 _CHUNK_ELEMENTS = 1 << 22
@@ -82,16 +89,87 @@ def _prefix_keep(n_context: int, device: torch.device) -> Tensor:
     return torch.cat([context, torch.ones(n_context + 1, 1, dtype=torch.bool, device=device)], dim=1)
 
 
-def implicit_trajectory(block: nn.Module, tokens: Tensor) -> ImplicitTrajectory:
+@dataclass(frozen=True)
+class NetworkTrajectory:
+    """The patches of every decoder layer of a language model as the context grows.
+
+    Attributes:
+        updates: ``updates[s][ℓ]``, the :class:`ImplicitUpdate` of layer ``ℓ`` (batch ``B``) for
+            the prompts truncated to their first ``context_lengths[s]`` context tokens.
+        context_lengths: the ``S`` context lengths ``i`` (0: the query alone, zero patches).
+        logits: the model's own logits at the query of every truncated prompt, ``(B, S, vocab)``.
+    """
+
+    updates: tuple[tuple[ImplicitUpdate, ...], ...]
+    context_lengths: tuple[int, ...]
+    logits: Tensor
+
+    @property
+    def n_steps(self) -> int:
+        """``S``, the number of context lengths."""
+        return len(self.context_lengths)
+
+    def at(self, step: int) -> list[ImplicitUpdate]:
+        """The updates of every layer at ``context_lengths[step]``: they feed
+        :func:`icl_lib.forward_with_updates` with the query alone."""
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.n_steps:
+            raise ValueError(f"step must be an int in [0, {self.n_steps - 1}], got {step!r}")
+        return list(self.updates[step])
+
+    def frobenius_norms(self) -> Tensor:
+        """``‖ΔW_i‖_F`` of every layer at every step, ``(B, L, S)``."""
+        return torch.stack([torch.stack([u.frobenius_norm() for u in step], dim=1) for step in self.updates], dim=2)
+
+    def increment_norms(self) -> Tensor:
+        """``‖ΔW_{s+1} − ΔW_s‖_F`` of every layer between consecutive steps, ``(B, L, S−1)``.
+
+        With ``ΔW = u wᵀ`` (``w = v/‖v‖²``) the difference is ``(u′ − u) w′ᵀ + u (w′ − w)ᵀ``: its
+        squared norm is summed from these two small terms, never as a difference of two large
+        norms (layer 0's ``v`` is the same at every step, so there it is ``‖u′ − u‖/‖v‖``).
+        """
+        steps = []
+        for before, after in zip(self.updates[:-1], self.updates[1:]):
+            layers = []
+            for old, new in zip(before, after):
+                w0, w1 = old.v * old.learning_rate[:, None], new.v * new.learning_rate[:, None]
+                du, dw = new.u - old.u, w1 - w0
+                squared = (
+                    (du * du).sum(-1) * (w1 * w1).sum(-1)
+                    + (old.u * old.u).sum(-1) * (dw * dw).sum(-1)
+                    + 2 * (du * old.u).sum(-1) * (w1 * dw).sum(-1)
+                )
+                layers.append(squared.clamp(min=0).sqrt())
+            steps.append(torch.stack(layers, dim=1))
+        return torch.stack(steps, dim=2)
+
+
+def implicit_trajectory(
+    block: nn.Module,
+    tokens: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    context_lengths: Sequence[int] | None = None,
+) -> ImplicitTrajectory | NetworkTrajectory:
     """The implicit updates after absorbing ``c_1..c_i``, for every ``i = 0..N``.
 
     Each truncated prompt ``[c_1..c_i, x]`` is a separate run of the block (through the layers'
     ``keep`` masks, batched in chunks), not position ``i`` of the full prompt.
 
     Args:
-        block: an :class:`icl_lib.Block` or a ``torch.nn.TransformerEncoderLayer``.
-        tokens: ``(B, T, D)``, ``T = N + 1 ≥ 2``.
+        block: an :class:`icl_lib.Block` or a ``torch.nn.TransformerEncoderLayer``; or a
+            ``transformers`` causal LM, which gives a :class:`NetworkTrajectory`.
+        tokens: ``(B, T, D)``, ``T = N + 1 ≥ 2``; token ids ``(B, T)`` for a language model.
+        attention_mask: language models only: ``(B, T)``, 0 for left padding.
+        context_lengths: language models only: the context lengths ``i`` to run (default every
+            ``i = 0..N`` of the shortest prompt), e.g. the token counts at example boundaries.
     """
+    if is_language_model(block):
+        from .language_models import lm_trajectory
+
+        steps, lengths, logits = lm_trajectory(block, tokens, attention_mask, context_lengths)
+        return NetworkTrajectory(updates=tuple(tuple(step) for step in steps), context_lengths=lengths, logits=logits)
+    if attention_mask is not None or context_lengths is not None:
+        raise ValueError("attention_mask and context_lengths are for transformers language models only")
     view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, d = tokens.shape
     keep = _prefix_keep(t - 1, tokens.device)

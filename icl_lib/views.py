@@ -86,6 +86,12 @@ def view_of(block: nn.Module) -> BlockView:
         if block.training:
             raise ValueError("the TransformerEncoderLayer is in training mode (dropout is on); call .eval() first")
         return _EncoderLayerView(block)
+    if type(block).__module__.startswith("transformers."):
+        raise TypeError(
+            f"a transformers {type(block).__name__} is not a standalone block: its layers need the model's "
+            "positions and masks. Pass the whole causal LM to network_update, forward_with_updates, block_inputs, "
+            "block_gaps, network_gap or implicit_trajectory"
+        )
     raise TypeError(f"unsupported block type {type(block).__name__}; supported: {SUPPORTED_BLOCKS}")
 
 

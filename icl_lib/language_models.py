@@ -1,0 +1,491 @@
+"""The theorem on ``transformers`` causal LMs: a prompt becomes one rank-1 patch per decoder layer.
+
+For decoder layer ``ℓ`` with input tokens ``z`` (the previous layer's outputs on the prompt),
+MLP input ``m_i`` and residual stream ``h_i`` at position ``i``, and the same quantities
+``a = m_x``, ``h_x`` for the layer run on its input at the query *alone*,
+
+    ΔW_s = (W_s (m_i − a)) aᵀ / ‖a‖²,     Δb′ = h_i − h_x,
+
+where ``W_s`` is the MLP's first layer (``[W_gate; W_up]`` for a gated MLP,
+:mod:`icl_lib.decoders`). Patching every layer and running the model on the last token alone
+gives the prompted final hidden state at the query, hence the same logits (Dherin et al., 2025,
+for one block; Innocenti & Achour, 2025, for residual stacks; Goldwaser et al., 2025, for gated
+MLPs and extra norms).
+
+Everything runs through the model's own ``forward`` (embeddings, rotary or learned positions,
+grouped-query attention, sliding windows, masks, final norm, softcapping): hooks at the modules
+:mod:`icl_lib.decoders` names read ``W_s m + b_s``, ``m`` and ``h`` there, replace a layer's input
+(to run a layer on its prompted input at the query alone), and add ``u (vᵀ m)/‖v‖²`` to the
+first-layer outputs and ``Δb′`` after the MLP. Three passes at most: the prompt, the query alone
+for the references ``a`` (every layer fed its prompted input at the query), and the patched
+query alone.
+
+Token ids are ``(B, T)`` ``torch.long``; an optional ``attention_mask (B, T)`` (1 = token,
+0 = padding) batches prompts of different lengths by left padding. Position ids are counted
+over the real tokens only (``cumsum − 1``), so a padded row gives what its prompt alone gives,
+up to round-off.
+
+These functions are reached through the library's public API (:func:`icl_lib.network_update`,
+:func:`icl_lib.forward_with_updates`, :func:`icl_lib.block_inputs`, :func:`icl_lib.block_gaps`,
+:func:`icl_lib.network_gap`, :func:`icl_lib.implicit_trajectory`), which dispatch here when given
+a ``transformers`` model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .checks import check_position, module_dtype_device
+from .decoders import DecoderFamily, FirstLayer, decoder_layers, family_of, first_layer, split_modules
+from .implicit import ImplicitUpdate, check_reference
+
+__all__ = [
+    "lm_network_update",
+    "lm_forward_with_updates",
+    "lm_block_inputs",
+    "lm_block_gaps",
+    "lm_network_gap",
+    "lm_trajectory",
+]
+
+
+@dataclass(frozen=True)
+class _LanguageModel:
+    """A checked causal LM and the modules each of its layers is split at."""
+
+    model: nn.Module
+    family: DecoderFamily
+    layers: list[nn.Module]
+    firsts: list[FirstLayer]
+    splits: list[tuple[nn.Module, nn.Module, nn.Module]]  # (mlp, residual, shift) per layer
+    dtype: torch.dtype
+    device: torch.device
+    vocab: int
+
+
+def _language_model(model: nn.Module) -> _LanguageModel:
+    family = family_of(model)
+    if model.training:
+        raise ValueError(f"the {type(model).__name__} is in training mode (dropout is on); call .eval() first")
+    dtype, device = module_dtype_device(model)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"the model's parameters are {dtype}; use torch.float32 or torch.float64")
+    layers = decoder_layers(model, family)
+    return _LanguageModel(
+        model=model,
+        family=family,
+        layers=layers,
+        firsts=[first_layer(layer, family) for layer in layers],
+        splits=[split_modules(layer, family) for layer in layers],
+        dtype=dtype,
+        device=device,
+        vocab=model.get_input_embeddings().num_embeddings,
+    )
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """Checked token ids ``(B, T)``, the mask handed to the model (or None) and position ids ``(B, T)``."""
+
+    ids: Tensor
+    mask: Tensor | None
+    positions: Tensor
+
+    def query(self) -> _Prompt:
+        """The last token alone, at its own position id."""
+        return _Prompt(self.ids[:, -1:], None, self.positions[:, -1:])
+
+
+def check_ids(ids: object, name: str, lm: _LanguageModel) -> Tensor:
+    """Validate token ids: a ``(B, T)`` ``torch.long`` tensor on the model's device, in the vocabulary."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+    if ids.ndim != 2:
+        raise ValueError(f"{name} must have shape (B, T) (token ids), got shape {tuple(ids.shape)}")
+    if ids.dtype != torch.long:
+        raise TypeError(f"{name} must hold token ids as torch.long, got {ids.dtype}")
+    b, t = ids.shape
+    if b == 0:
+        raise ValueError(f"{name} has an empty batch (B=0)")
+    if t == 0:
+        raise ValueError(f"{name} is an empty prompt (T=0)")
+    if ids.device != lm.device:
+        raise ValueError(f"{name} is on device {ids.device} but the model is on {lm.device}")
+    bad = (ids < 0) | (ids >= lm.vocab)
+    if bad.any():
+        row, col = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name}[{row}, {col}] = {ids[row, col].item()} is out of the vocabulary (ids must lie in [0, {lm.vocab}))"
+        )
+    return ids
+
+
+def _check_mask(mask: object, ids: Tensor, min_tokens: int) -> Tensor:
+    """Validate an attention mask ``(B, T)`` of 0/1 (or bool); returns it as bool."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor of 0/1 or bool, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids has {tuple(ids.shape)}")
+    if mask.device != ids.device:
+        raise ValueError(f"attention_mask is on device {mask.device} but input_ids are on {ids.device}")
+    if mask.dtype != torch.bool:
+        if mask.is_floating_point() or mask.is_complex():
+            raise TypeError(f"attention_mask must be bool or an integer tensor of 0/1, got {mask.dtype}")
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError("attention_mask may hold only 0 (absent) and 1 (present)")
+        mask = mask == 1
+    counts = mask.sum(-1)
+    if (counts == 0).any():
+        raise ValueError(f"attention_mask row {(counts == 0).nonzero()[0].item()} is all padding: that prompt is empty")
+    if not mask[:, -1].all():
+        row = (~mask[:, -1]).nonzero()[0].item()
+        raise ValueError(
+            f"the last token of row {row} is padding: the query must be the last token of every row (pad on the left)"
+        )
+    holes = mask[:, 1:].long() < mask[:, :-1].long()  # a present token followed by an absent one
+    if holes.any():
+        row = holes.any(-1).nonzero()[0].item()
+        raise ValueError(
+            f"attention_mask row {row} is not left padding (0s, then 1s): absent tokens inside a prompt would shift "
+            "sliding windows and positions; pad on the left only"
+        )
+    if (counts < min_tokens).any():
+        row = (counts < min_tokens).nonzero()[0].item()
+        raise ValueError(f"row {row} holds only its query: the context is empty; need at least one context token")
+    return mask
+
+
+def _prompt(lm: _LanguageModel, ids: object, attention_mask: object, min_tokens: int, name: str = "input_ids") -> _Prompt:
+    ids = check_ids(ids, name, lm)
+    b, t = ids.shape
+    if attention_mask is None:
+        if t < min_tokens:
+            raise ValueError(f"{name} holds {t} token(s): the context is empty; need at least one context token")
+        positions = torch.arange(t, device=ids.device).expand(b, t)
+        return _Prompt(ids, None, positions)
+    keep = _check_mask(attention_mask, ids, min_tokens)
+    positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+    return _Prompt(ids, keep.long(), positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# One pass of the model's own forward, with hooks at the split modules.
+
+
+def _first_input(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@dataclass
+class _Trace:
+    """What one hooked pass recorded, per layer (positions as selected), and the last logits ``(B, V)``."""
+
+    inputs: list[Tensor] = field(default_factory=list)
+    pre: list[Tensor] = field(default_factory=list)
+    mlp_in: list[Tensor] = field(default_factory=list)
+    residual: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+    logits: Tensor | None = None
+
+
+def _select(x: Tensor, at: int | None) -> Tensor:
+    """``(B, T, ·)`` at one position (``(B, ·)``) or at every position (``at=None``)."""
+    return x if at is None else x[:, at]
+
+
+@contextmanager
+def _hooks(registrations: list[tuple[nn.Module, str, Callable]], calls: list[int]) -> Iterator[None]:
+    """Install forward (``"post"``) and pre-forward (``"pre"``, with kwargs) hooks; remove them on exit.
+
+    ``calls[k]`` counts the calls of hook ``k``: a pass must call each exactly once, or the
+    patch was not applied where the adapter says (a fused kernel, a changed model).
+    """
+    handles = []
+
+    def counted(k: int, fn: Callable) -> Callable:
+        def hook(*args):
+            calls[k] += 1
+            return fn(*args)
+
+        return hook
+
+    try:
+        for k, (module, kind, fn) in enumerate(registrations):
+            if kind == "pre":
+                handles.append(module.register_forward_pre_hook(counted(k, fn), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(counted(k, fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _trace(
+    lm: _LanguageModel,
+    prompt: _Prompt,
+    record: dict[str, int | None],
+    inputs: Sequence[Tensor] | None = None,
+    patches: Sequence[ImplicitUpdate] | None = None,
+) -> _Trace:
+    """Run the model once with hooks.
+
+    Args:
+        record: which quantities to keep, each at one position or every position (``None``):
+            keys among ``inputs`` (layer inputs ``z``), ``pre`` (``W_s m + b_s``), ``mlp_in``
+            (``m``), ``residual`` (``h``), ``outputs`` (layer outputs).
+        inputs: optional replacement input ``(R, T, D)`` for every layer: each layer then runs
+            on the given tokens instead of its predecessor's output.
+        patches: optional update per layer (one token per row, ``T = 1``): adds
+            ``u (vᵀ m)/‖v‖²`` to the first-layer outputs and ``Δb′`` after the MLP.
+    """
+    trace = _Trace()
+    registrations: list[tuple[nn.Module, str, Callable]] = []
+    for index, (layer, first, (mlp, residual, shift)) in enumerate(zip(lm.layers, lm.firsts, lm.splits)):
+        registrations += _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, inputs, patches)
+    calls = [0] * len(registrations)
+    with torch.no_grad(), _hooks(registrations, calls):
+        out = lm.model(
+            input_ids=prompt.ids,
+            attention_mask=prompt.mask,
+            position_ids=prompt.positions,
+            use_cache=False,
+            logits_to_keep=1,
+        )
+    if any(c != 1 for c in calls):
+        raise RuntimeError(
+            f"the {type(lm.model).__name__} did not call every module the {lm.family.name} adapter hooks exactly once "
+            f"(calls: {calls}); the patches would not be applied where the theorem puts them"
+        )
+    trace.logits = out.logits[:, -1]
+    return trace
+
+
+def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, inputs, patches):
+    """The hooks of one layer for :func:`_trace` (see there)."""
+    hooks: list[tuple[nn.Module, str, Callable]] = []
+    if inputs is not None:
+        replacement = inputs[index]
+
+        def replace_input(module, args, kwargs):
+            if args:
+                return (replacement, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": replacement}
+
+        hooks.append((layer, "pre", replace_input))
+    if "inputs" in record:
+        hooks.append((layer, "pre", lambda m, a, k: trace.inputs.append(_select(_first_input(a, k), record["inputs"]))))
+    if "residual" in record:
+        hooks.append(
+            (residual, "pre", lambda m, a, k: trace.residual.append(_select(_first_input(a, k), record["residual"])))
+        )
+    state: dict[str, Tensor] = {}
+    update = None if patches is None else patches[index]
+    if "mlp_in" in record or update is not None:
+
+        def read_mlp_input(module, args, kwargs):
+            m = _first_input(args, kwargs)
+            if "mlp_in" in record:
+                trace.mlp_in.append(_select(m, record["mlp_in"]))
+            if update is not None:  # (vᵀ m)/‖v‖² for the one token of each row
+                state["coefficient"] = (m[:, -1] * update.v).sum(-1) * update.learning_rate
+
+        hooks.append((mlp, "pre", read_mlp_input))
+    pieces: list[Tensor] = []
+    for part, (module, cut) in enumerate(zip(first.modules, first.slices)):
+
+        def first_output(module, args, out, cut=cut, last=part == len(first.modules) - 1):
+            if update is not None:
+                out = out + update.u[:, None, cut] * state["coefficient"][:, None, None]
+            if "pre" in record:
+                pieces.append(out)
+                if last:
+                    trace.pre.append(_select(torch.cat(pieces, dim=-1), record["pre"]))
+            return out
+
+        hooks.append((module, "post", first_output))
+    if update is not None and update.delta_b is not None:
+        hooks.append((shift, "post", lambda m, a, out: out + update.delta_b[:, None]))
+    if "outputs" in record:
+        hooks.append((layer, "post", lambda m, a, out: trace.outputs.append(_select(_layer_output(out), record["outputs"]))))
+    return hooks
+
+
+def _layer_output(out: Tensor | tuple) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Updates, patched runs, gaps.
+
+
+def _updates(
+    lm: _LanguageModel, prompt: _Prompt, position: int | None, outputs: bool = False
+) -> tuple[list[ImplicitUpdate], _Trace]:
+    """One update per layer from the prompt pass and the reference pass (query alone per layer)."""
+    record = {"inputs": -1, "pre": position, "residual": position}
+    if outputs:
+        record["outputs"] = position
+    trace = _trace(lm, prompt, record)
+    _check_finite(lm, trace.inputs + trace.pre + trace.residual, "the layer inputs, MLP pre-activations or residual stream")
+    reference = _trace(
+        lm, prompt.query(), {"mlp_in": -1, "pre": -1, "residual": -1}, inputs=[z[:, None] for z in trace.inputs]
+    )
+    t, stacked = prompt.ids.shape[1], position is None
+    updates = []
+    for pre, h, a, pre_a, h_a in zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual):
+        a = check_reference(a)
+        u = pre - (pre_a[:, None] if stacked else pre_a)
+        shift = h - (h_a[:, None] if stacked else h_a)
+        updates.append(
+            ImplicitUpdate(u=u, v=a, delta_b=shift, position=position, n_tokens=t, position_ids=prompt.positions[:, -1])
+        )
+    return updates, trace
+
+
+def _check_finite(lm: _LanguageModel, tensors: list[Tensor], what: str) -> None:
+    for x in tensors:
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                f"the {type(lm.model).__name__}'s own forward pass gave non-finite values in {what}; "
+                "with left padding this happens in transformers' eager attention in float64, where a fully "
+                "padded row's softmax is NaN and reaches the real tokens: run those prompts one by one"
+            )
+
+
+def lm_network_update(
+    model: nn.Module, input_ids: Tensor, position: int | str = -1, attention_mask: Tensor | None = None
+) -> list[ImplicitUpdate]:
+    """One update per decoder layer (see :func:`icl_lib.network_update`)."""
+    lm = _language_model(model)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
+    return _updates(lm, prompt, check_position(position, prompt.ids.shape[1]))[0]
+
+
+def _check_updates(lm: _LanguageModel, updates: object, batch: int) -> list[ImplicitUpdate]:
+    if not isinstance(updates, Sequence) or len(updates) != len(lm.layers):
+        got = len(updates) if isinstance(updates, Sequence) else type(updates).__name__
+        raise ValueError(f"updates must be a sequence of one ImplicitUpdate per decoder layer ({len(lm.layers)}), got {got}")
+    for i, (update, first) in enumerate(zip(updates, lm.firsts)):
+        if not isinstance(update, ImplicitUpdate):
+            raise TypeError(f"updates[{i}] must be an icl_lib.ImplicitUpdate, got {type(update).__name__}")
+        if update.u.shape[-1] != first.out_features or update.v.shape[-1] != first.in_features:
+            raise ValueError(
+                f"updates[{i}] has factors u (..., {update.u.shape[-1]}), v (..., {update.v.shape[-1]}) but layer {i}'s "
+                f"first MLP layer is ({first.out_features}, {first.in_features}): computed for another model"
+            )
+        if update.u.dtype != lm.dtype:
+            raise ValueError(f"updates[{i}] has dtype {update.u.dtype} but the model's parameters are {lm.dtype}")
+        if update.v.shape[0] != batch:
+            raise ValueError(f"the query has batch size {batch} but updates[{i}] has {update.v.shape[0]}")
+        if update.position_ids is None:
+            raise ValueError(f"updates[{i}] carries no position ids: compute it with icl_lib.network_update on this model")
+    return list(updates)
+
+
+def lm_forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:
+    """The query alone through the patched model: logits ``(B, vocab)`` (see :func:`icl_lib.forward_with_updates`)."""
+    lm = _language_model(model)
+    query = check_ids(query, "query", lm)
+    if query.shape[1] != 1:
+        raise ValueError(f"query must be the last token alone, shape (B, 1); got {tuple(query.shape)}")
+    updates = _check_updates(lm, updates, query.shape[0])
+    for i, update in enumerate(updates):
+        if update.stacked or update.position != update.n_tokens - 1:
+            raise ValueError(
+                f"updates[{i}] reproduces position {update.position} of a {update.n_tokens}-token prompt, not the "
+                "query: a patched model runs the query alone, so it needs network_update(..., position=-1)"
+            )
+    positions = updates[0].position_ids[:, None]
+    return _trace(lm, _Prompt(query, None, positions), {}, patches=updates).logits
+
+
+def lm_block_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> list[Tensor]:
+    """The input hidden states of every decoder layer, ``L`` tensors ``(B, T, D)``."""
+    lm = _language_model(model)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=1)
+    return _trace(lm, prompt, {"inputs": None}).inputs
+
+
+def _flatten_stacked(update: ImplicitUpdate) -> ImplicitUpdate:
+    """A stacked update ``u (B, P, H)`` as ``B·P`` single updates (row ``b·P + p``), ``v`` repeated."""
+    b, p, _ = update.u.shape
+    v = update.v[:, None].expand(b, p, -1).reshape(b * p, -1)
+    shift = None if update.delta_b is None else update.delta_b.reshape(b * p, -1)
+    ids = None if update.position_ids is None else update.position_ids.repeat_interleave(p)
+    return ImplicitUpdate(u=update.u.reshape(b * p, -1), v=v, delta_b=shift, position=None, n_tokens=update.n_tokens,
+                          position_ids=ids)
+
+
+def lm_block_gaps(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, position: int | str = -1
+) -> Tensor:
+    """Per layer, ‖prompted layer output − patched layer on its input at the query alone‖ (see
+    :func:`icl_lib.block_gaps`): ``(B, L)``, or ``(B, L, T)`` for ``position="all"``."""
+    lm = _language_model(model)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
+    b, t = prompt.ids.shape
+    pos = check_position(position, t)
+    updates, trace = _updates(lm, prompt, pos, outputs=True)
+    query = prompt.query()
+    inputs = [z[:, None] for z in trace.inputs]
+    if pos is not None:
+        patched = _trace(lm, query, {"outputs": -1}, inputs=inputs, patches=updates).outputs
+        return torch.stack([(o - p).norm(dim=-1) for o, p in zip(trace.outputs, patched)], dim=1)
+    rows = _Prompt(query.ids.repeat_interleave(t, 0), None, query.positions.repeat_interleave(t, 0))
+    inputs = [z.repeat_interleave(t, 0) for z in inputs]
+    patched = _trace(lm, rows, {"outputs": -1}, inputs=inputs, patches=[_flatten_stacked(u) for u in updates]).outputs
+    return torch.stack([(o - p.view(b, t, -1)).norm(dim=-1) for o, p in zip(trace.outputs, patched)], dim=1)
+
+
+def lm_network_gap(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """``‖prompted logits − patched query-alone logits‖₂`` per prompt, ``(B,)``."""
+    lm = _language_model(model)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
+    updates, trace = _updates(lm, prompt, prompt.ids.shape[1] - 1)
+    patched = _trace(lm, prompt.query(), {}, patches=updates).logits
+    return (trace.logits - patched).norm(dim=-1)
+
+
+def lm_trajectory(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    context_lengths: Sequence[int] | None = None,
+) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor]:
+    """The updates of every layer for the truncated prompts ``[c_1..c_i, x]``.
+
+    The truncated prompts of one length ``i`` have ``i + 1`` tokens in every row, so each length
+    runs as one batch without padding, exactly as the prompts would run alone. Returns
+    ``(updates, lengths, logits)``: ``updates[s][ℓ]`` is layer ``ℓ``'s update (batch ``B``) for
+    context length ``lengths[s]``, and ``logits (B, S, V)`` the model's own logits at the query
+    of every truncated prompt.
+    """
+    lm = _language_model(model)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
+    b, t = prompt.ids.shape
+    counts = torch.full((b,), t, device=prompt.ids.device) if prompt.mask is None else prompt.mask.sum(-1)
+    n_context = int(counts.min()) - 1
+    if context_lengths is None:
+        lengths = tuple(range(n_context + 1))
+    else:
+        lengths = tuple(context_lengths)
+        if not lengths or any(isinstance(i, bool) or not isinstance(i, int) for i in lengths):
+            raise TypeError(f"context_lengths must be a non-empty sequence of ints, got {context_lengths!r}")
+        if any(not 0 <= i <= n_context for i in lengths):
+            raise ValueError(f"context_lengths must lie in [0, {n_context}] (the shortest prompt's context), got {lengths}")
+    first = (t - counts)[:, None]  # (B, 1): index of each row's first real token
+    steps, logits = [], []
+    for i in lengths:
+        index = torch.cat([first + torch.arange(i, device=first.device), torch.full_like(first, t - 1)], dim=1)
+        ids = prompt.ids.gather(1, index)  # (B, i + 1): c_1..c_i, then the query
+        truncated = _Prompt(ids, None, torch.arange(i + 1, device=ids.device).expand(b, i + 1))
+        updates, trace = _updates(lm, truncated, i)
+        steps.append(updates)
+        logits.append(trace.logits)
+    return steps, lengths, torch.stack(logits, dim=1)

