@@ -42,7 +42,9 @@ class ImplicitUpdate:
     Attributes:
         u: ``W δ``, shape ``(B, H)``, or ``(B, P, H)`` for a stack of ``P`` updates sharing ``v``
             (every position of a prompt, or every step of a trajectory).
-        v: ``a``, the MLP input at the query without the absorbed tokens, ``(B, D)``.
+        v: ``a``, the MLP input at the query without the absorbed tokens, ``(B, D)``; or
+            ``(B, P, D)``, one per update, when a language model keeps several tokens
+            (``network_update(..., kept_tokens=P)``: each kept token has its own reference).
         delta_b: the shift of the MLP output bias ``b′``, ``(B, D_out)`` or ``(B, P, D_out)``;
             ``None`` for a block without residual connection.
         position: the prompt position whose output the patch reproduces (non-negative), or
@@ -68,21 +70,22 @@ class ImplicitUpdate:
 
     @property
     def learning_rate(self) -> Tensor:
-        """``h = 1 / ‖a‖²``, shape ``(B,)``."""
+        """``h = 1 / ‖a‖²``, shape ``(B,)`` (``(B, P)`` when every update has its own ``v``)."""
         return 1.0 / (self.v * self.v).sum(-1)
+
+    def _broadcast(self, x: Tensor) -> Tensor:
+        """``x (B, ...)`` of the shared ``v`` given a position axis when ``u`` is stacked over a shared ``v``."""
+        return x[:, None] if self.stacked and self.v.ndim == 2 else x
 
     @property
     def delta_W(self) -> Tensor:
         """The dense update, ``(B, H, D)`` or ``(B, P, H, D)``. Materialised on every call."""
-        scaled_v = self.v * self.learning_rate[:, None]  # (B, D)
-        if self.stacked:
-            return self.u[..., :, None] * scaled_v[:, None, None, :]
-        return self.u[..., :, None] * scaled_v[:, None, :]
+        scaled_v = self._broadcast(self.v * self.learning_rate[..., None])  # (B, D) or (B, P, D)
+        return self.u[..., :, None] * scaled_v[..., None, :]
 
     def frobenius_norm(self) -> Tensor:
         """``‖ΔW‖_F = ‖W δ‖ / ‖a‖`` without forming ΔW; ``(B,)`` or ``(B, P)``."""
-        norm_v = self.v.norm(dim=-1)
-        return self.u.norm(dim=-1) / (norm_v[:, None] if self.stacked else norm_v)
+        return self.u.norm(dim=-1) / self._broadcast(self.v.norm(dim=-1))
 
 
 def _keep_from_absorb(absorb: Tensor) -> Tensor:
@@ -209,6 +212,11 @@ def _check_update(update: object, view: BlockView, dtype: torch.dtype, name: str
         )
     if update.u.dtype != dtype:
         raise TypeError(f"{name} has dtype {update.u.dtype} but the block's parameters are {dtype}")
+    if update.v.ndim != 2:
+        raise ValueError(
+            f"{name} has one reference v per kept token (a language model's kept_tokens patches): it applies to "
+            "that model through forward_with_updates only"
+        )
     return update
 
 
@@ -279,7 +287,12 @@ def block_inputs(model: nn.Module, tokens: Tensor, *, attention_mask: Tensor | N
 
 
 def network_update(
-    model: nn.Module, tokens: Tensor, position: int | str = -1, *, attention_mask: Tensor | None = None
+    model: nn.Module,
+    tokens: Tensor,
+    position: int | str = -1,
+    *,
+    attention_mask: Tensor | None = None,
+    kept_tokens: int = 1,
 ) -> list[ImplicitUpdate]:
     """One :class:`ImplicitUpdate` per block of a stack, from one forward pass with the context.
 
@@ -295,8 +308,14 @@ def network_update(
             ``(B, T)`` (``torch.long``).
         position: the position whose output the patches reproduce (default the query), or
             ``"all"``.
-        attention_mask: language models only: ``(B, T)`` of 0/1, 0 for left padding (or any
-            absent token: absent tokens are as if removed, positions counted over the others).
+        attention_mask: language models only: ``(B, T)`` of 0/1, 0 for left padding; position
+            ids are counted over the real tokens, so a padded row gives what its prompt alone gives.
+        kept_tokens: language models only: keep the last ``K`` tokens instead of the query alone.
+            The context before them is absorbed and every kept token gets its own patch in every
+            layer, with its own reference (``u (B, K, H_s)``, ``v (B, K, D)``):
+            ``forward_with_updates(model, updates, input_ids[:, -K:])`` then reproduces the
+            prompted logits. This is the theorem with ``Y`` = the context and ``C \\ Y`` = the
+            kept tokens, at every kept position.
 
     For a language model, each decoder layer's gated MLP has first layer ``W_s = [W_gate; W_up]``,
     so ``u`` is ``(B, 2H)``; ``Δb′`` is added after the MLP (after Gemma's post-feed-forward norm).
@@ -305,8 +324,11 @@ def network_update(
     if is_language_model(model):
         from .language_models import lm_network_update
 
-        return lm_network_update(model, tokens, position, attention_mask)
+        return lm_network_update(model, tokens, position, attention_mask, kept_tokens)
     _no_mask_for_stacks(attention_mask)
+    if kept_tokens != 1:
+        raise ValueError("kept_tokens is for transformers language models; a block's partial contexts go through "
+                         "implicit_update's absorb mask")
     embed, _, views, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=2)
     pos = check_position(position, tokens.shape[1])
     z = embed(tokens)
@@ -329,8 +351,9 @@ def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], qu
         query: ``(B, in_dim)`` or ``(B, 1, in_dim)``.
 
     For a ``transformers`` causal LM, ``query`` is the last token id alone, ``(B, 1)``
-    (``input_ids[:, -1:]``), embedded at the position id the updates carry, and the result is
-    the logits ``(B, vocab)``, equal to ``model(input_ids).logits[:, -1]``.
+    (``input_ids[:, -1:]``), or the last ``K`` tokens for updates computed with
+    ``kept_tokens=K``, embedded at the position ids the updates carry; the result is the logits
+    ``(B, vocab)`` at the last token, equal to ``model(input_ids).logits[:, -1]``.
 
     Returns:
         ``(B, out_dim)``: equal to the model's prompted output at the query.

@@ -156,7 +156,8 @@ def _check_mask(mask: object, ids: Tensor, min_tokens: int) -> Tensor:
         )
     if (counts < min_tokens).any():
         row = (counts < min_tokens).nonzero()[0].item()
-        raise ValueError(f"row {row} holds only its query: the context is empty; need at least one context token")
+        what = "its query" if min_tokens == 2 else f"{counts[row].item()} token(s), not more than the {min_tokens - 1} kept"
+        raise ValueError(f"row {row} holds only {what}: the context is empty; need at least one context token")
     return mask
 
 
@@ -165,7 +166,10 @@ def _prompt(lm: _LanguageModel, ids: object, attention_mask: object, min_tokens:
     b, t = ids.shape
     if attention_mask is None:
         if t < min_tokens:
-            raise ValueError(f"{name} holds {t} token(s): the context is empty; need at least one context token")
+            raise ValueError(
+                f"{name} holds {t} token(s), {min_tokens - 1} of them kept: the context is empty; need at least "
+                "one context token"
+            )
         positions = torch.arange(t, device=ids.device).expand(b, t)
         return _Prompt(ids, None, positions)
     keep = _check_mask(attention_mask, ids, min_tokens)
@@ -193,9 +197,51 @@ class _Trace:
     logits: Tensor | None = None
 
 
-def _select(x: Tensor, at: int | None) -> Tensor:
-    """``(B, T, ·)`` at one position (``(B, ·)``) or at every position (``at=None``)."""
+def _select(x: Tensor, at: int | slice | None) -> Tensor:
+    """``(B, T, ·)`` at one position (``(B, ·)``), at a slice of positions, or at every position (``None``)."""
     return x if at is None else x[:, at]
+
+
+@dataclass(frozen=True)
+class LowRankPatch:
+    """A patch of one decoder layer shared by every prompt: ``ΔW_s = L Rᵀ`` at each of ``P`` kept
+    positions, and ``Δb′`` added after the MLP there (a fitted, query-independent patch).
+
+    Attributes:
+        left: ``L``, ``(P, H_s, r)``.
+        right: ``R``, ``(P, D, r)``.
+        delta_b: ``(P, D)``, or ``None``.
+    """
+
+    left: Tensor
+    right: Tensor
+    delta_b: Tensor | None
+
+
+Patch = ImplicitUpdate | LowRankPatch
+
+
+def _pre_shift(patch: Patch, m: Tensor) -> Tensor:
+    """``ΔW_s m`` for MLP inputs ``m (R, T, D)``: ``(R, T, H_s)``.
+
+    For an :class:`ImplicitUpdate` (rank 1, one per row): ``u (vᵀ m)/‖v‖²``, with one ``(u, v)``
+    per row (``T = 1``) or per row and kept position (``v (R, T, D)``).
+    """
+    if isinstance(patch, LowRankPatch):
+        return torch.einsum("rtd,tdk,thk->rth", m, patch.right, patch.left)
+    u, v, rate = patch.u, patch.v, patch.learning_rate
+    if v.ndim == 2:  # one token per row
+        u, v, rate = u[:, None], v[:, None], rate[:, None]
+    return u * ((m * v).sum(-1) * rate)[..., None]
+
+
+def _out_shift(patch: Patch) -> Tensor | None:
+    """``Δb′`` broadcastable to ``(R, T, D)``, or ``None``."""
+    if patch.delta_b is None:
+        return None
+    if isinstance(patch, LowRankPatch):
+        return patch.delta_b[None]
+    return patch.delta_b[:, None] if patch.v.ndim == 2 else patch.delta_b
 
 
 @contextmanager
@@ -229,20 +275,20 @@ def _hooks(registrations: list[tuple[nn.Module, str, Callable]], calls: list[int
 def _trace(
     lm: _LanguageModel,
     prompt: _Prompt,
-    record: dict[str, int | None],
+    record: dict[str, int | slice | None],
     inputs: Sequence[Tensor] | None = None,
-    patches: Sequence[ImplicitUpdate] | None = None,
+    patches: Sequence[Patch] | None = None,
 ) -> _Trace:
     """Run the model once with hooks.
 
     Args:
-        record: which quantities to keep, each at one position or every position (``None``):
-            keys among ``inputs`` (layer inputs ``z``), ``pre`` (``W_s m + b_s``), ``mlp_in``
-            (``m``), ``residual`` (``h``), ``outputs`` (layer outputs).
+        record: which quantities to keep, each at one position, a slice, or every position
+            (``None``): keys among ``inputs`` (layer inputs ``z``), ``pre`` (``W_s m + b_s``),
+            ``mlp_in`` (``m``), ``residual`` (``h``), ``outputs`` (layer outputs).
         inputs: optional replacement input ``(R, T, D)`` for every layer: each layer then runs
             on the given tokens instead of its predecessor's output.
-        patches: optional update per layer (one token per row, ``T = 1``): adds
-            ``u (vᵀ m)/‖v‖²`` to the first-layer outputs and ``Δb′`` after the MLP.
+        patches: optional patch per layer: adds ``ΔW_s m`` to the first-layer outputs and
+            ``Δb′`` after the MLP (see :func:`_pre_shift`).
     """
     trace = _Trace()
     registrations: list[tuple[nn.Module, str, Callable]] = []
@@ -285,23 +331,23 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, input
             (residual, "pre", lambda m, a, k: trace.residual.append(_select(_first_input(a, k), record["residual"])))
         )
     state: dict[str, Tensor] = {}
-    update = None if patches is None else patches[index]
-    if "mlp_in" in record or update is not None:
+    patch = None if patches is None else patches[index]
+    if "mlp_in" in record or patch is not None:
 
         def read_mlp_input(module, args, kwargs):
             m = _first_input(args, kwargs)
             if "mlp_in" in record:
                 trace.mlp_in.append(_select(m, record["mlp_in"]))
-            if update is not None:  # (vᵀ m)/‖v‖² for the one token of each row
-                state["coefficient"] = (m[:, -1] * update.v).sum(-1) * update.learning_rate
+            if patch is not None:
+                state["pre_shift"] = _pre_shift(patch, m)
 
         hooks.append((mlp, "pre", read_mlp_input))
     pieces: list[Tensor] = []
     for part, (module, cut) in enumerate(zip(first.modules, first.slices)):
 
         def first_output(module, args, out, cut=cut, last=part == len(first.modules) - 1):
-            if update is not None:
-                out = out + update.u[:, None, cut] * state["coefficient"][:, None, None]
+            if patch is not None:
+                out = out + state["pre_shift"][..., cut]
             if "pre" in record:
                 pieces.append(out)
                 if last:
@@ -309,8 +355,9 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, input
             return out
 
         hooks.append((module, "post", first_output))
-    if update is not None and update.delta_b is not None:
-        hooks.append((shift, "post", lambda m, a, out: out + update.delta_b[:, None]))
+    shift_b = None if patch is None else _out_shift(patch)
+    if shift_b is not None:
+        hooks.append((shift, "post", lambda m, a, out: out + shift_b))
     if "outputs" in record:
         hooks.append((layer, "post", lambda m, a, out: trace.outputs.append(_select(_layer_output(out), record["outputs"]))))
     return hooks
@@ -325,25 +372,44 @@ def _layer_output(out: Tensor | tuple) -> Tensor:
 
 
 def _updates(
-    lm: _LanguageModel, prompt: _Prompt, position: int | None, outputs: bool = False
+    lm: _LanguageModel, prompt: _Prompt, position: int | None, outputs: bool = False, kept: int = 1
 ) -> tuple[list[ImplicitUpdate], _Trace]:
-    """One update per layer from the prompt pass and the reference pass (query alone per layer)."""
-    record = {"inputs": -1, "pre": position, "residual": position}
+    """One update per layer from the prompt pass and the reference pass.
+
+    The reference pass runs the last ``kept`` tokens alone (the query, by default), every layer
+    fed its prompted input there. With ``kept = 1`` the update reproduces ``position`` (an index,
+    or ``None`` for every position); with ``kept > 1`` it has one patch per kept token, each with
+    its own reference: ``u (B, K, H_s)``, ``v (B, K, D)``, ``delta_b (B, K, D)``.
+    """
+    tail = slice(-kept, None)
+    at = tail if kept > 1 else position
+    record = {"inputs": tail, "pre": at, "residual": at}
     if outputs:
-        record["outputs"] = position
+        record["outputs"] = at
     trace = _trace(lm, prompt, record)
     _check_finite(lm, trace.inputs + trace.pre + trace.residual, "the layer inputs, MLP pre-activations or residual stream")
-    reference = _trace(
-        lm, prompt.query(), {"mlp_in": -1, "pre": -1, "residual": -1}, inputs=[z[:, None] for z in trace.inputs]
-    )
-    t, stacked = prompt.ids.shape[1], position is None
+    alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
+    reference = _trace(lm, alone, {"mlp_in": None, "pre": None, "residual": None}, inputs=trace.inputs)
+    t = prompt.ids.shape[1]
     updates = []
     for pre, h, a, pre_a, h_a in zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual):
-        a = check_reference(a)
-        u = pre - (pre_a[:, None] if stacked else pre_a)
-        shift = h - (h_a[:, None] if stacked else h_a)
+        if kept == 1:
+            a, pre_a, h_a = a[:, 0], pre_a[:, 0], h_a[:, 0]
+            if position is None:  # every position against the query alone
+                pre_a, h_a = pre_a[:, None], h_a[:, None]
+        for k in range(a.shape[1] if kept > 1 else 0):
+            check_reference(a[:, k])
+        if kept == 1:
+            check_reference(a)
         updates.append(
-            ImplicitUpdate(u=u, v=a, delta_b=shift, position=position, n_tokens=t, position_ids=prompt.positions[:, -1])
+            ImplicitUpdate(
+                u=pre - pre_a,
+                v=a,
+                delta_b=h - h_a,
+                position=position if kept == 1 else None,
+                n_tokens=t,
+                position_ids=prompt.positions[:, -1] if kept == 1 else prompt.positions[:, tail],
+            )
         )
     return updates, trace
 
@@ -358,16 +424,29 @@ def _check_finite(lm: _LanguageModel, tensors: list[Tensor], what: str) -> None:
             )
 
 
+def _check_kept(kept_tokens: object, position: int | str) -> int:
+    if isinstance(kept_tokens, bool) or not isinstance(kept_tokens, int) or kept_tokens < 1:
+        raise ValueError(f"kept_tokens must be a positive int, got {kept_tokens!r}")
+    if kept_tokens > 1 and position != -1:
+        raise ValueError("with kept_tokens > 1 every kept token gets its own patch: leave position at -1")
+    return kept_tokens
+
+
 def lm_network_update(
-    model: nn.Module, input_ids: Tensor, position: int | str = -1, attention_mask: Tensor | None = None
+    model: nn.Module,
+    input_ids: Tensor,
+    position: int | str = -1,
+    attention_mask: Tensor | None = None,
+    kept_tokens: int = 1,
 ) -> list[ImplicitUpdate]:
     """One update per decoder layer (see :func:`icl_lib.network_update`)."""
     lm = _language_model(model)
-    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
-    return _updates(lm, prompt, check_position(position, prompt.ids.shape[1]))[0]
+    kept = _check_kept(kept_tokens, position)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=kept + 1)
+    return _updates(lm, prompt, check_position(position, prompt.ids.shape[1]), kept=kept)[0]
 
 
-def _check_updates(lm: _LanguageModel, updates: object, batch: int) -> list[ImplicitUpdate]:
+def _check_updates(lm: _LanguageModel, updates: object, batch: int, kept: int) -> list[ImplicitUpdate]:
     if not isinstance(updates, Sequence) or len(updates) != len(lm.layers):
         got = len(updates) if isinstance(updates, Sequence) else type(updates).__name__
         raise ValueError(f"updates must be a sequence of one ImplicitUpdate per decoder layer ({len(lm.layers)}), got {got}")
@@ -385,23 +464,29 @@ def _check_updates(lm: _LanguageModel, updates: object, batch: int) -> list[Impl
             raise ValueError(f"the query has batch size {batch} but updates[{i}] has {update.v.shape[0]}")
         if update.position_ids is None:
             raise ValueError(f"updates[{i}] carries no position ids: compute it with icl_lib.network_update on this model")
-    return list(updates)
-
-
-def lm_forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:
-    """The query alone through the patched model: logits ``(B, vocab)`` (see :func:`icl_lib.forward_with_updates`)."""
-    lm = _language_model(model)
-    query = check_ids(query, "query", lm)
-    if query.shape[1] != 1:
-        raise ValueError(f"query must be the last token alone, shape (B, 1); got {tuple(query.shape)}")
-    updates = _check_updates(lm, updates, query.shape[0])
-    for i, update in enumerate(updates):
-        if update.stacked or update.position != update.n_tokens - 1:
+        per_token = update.v.shape[1] if update.v.ndim == 3 else 1
+        if kept == 1 and (update.stacked or update.position != update.n_tokens - 1):
             raise ValueError(
                 f"updates[{i}] reproduces position {update.position} of a {update.n_tokens}-token prompt, not the "
                 "query: a patched model runs the query alone, so it needs network_update(..., position=-1)"
             )
-    positions = updates[0].position_ids[:, None]
+        if per_token != kept:
+            raise ValueError(
+                f"updates[{i}] patches {per_token} kept token(s) but {kept} were given: pass the same last tokens "
+                "that network_update(..., kept_tokens=K) kept"
+            )
+    return list(updates)
+
+
+def lm_forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:
+    """The kept tokens alone (the query, by default) through the patched model: logits ``(B, vocab)`` at
+    the last one (see :func:`icl_lib.forward_with_updates`)."""
+    lm = _language_model(model)
+    query = check_ids(query, "query", lm)
+    kept = query.shape[1]
+    updates = _check_updates(lm, updates, query.shape[0], kept)
+    positions = updates[0].position_ids
+    positions = positions[:, None] if positions.ndim == 1 else positions
     return _trace(lm, _Prompt(query, None, positions), {}, patches=updates).logits
 
 
@@ -432,8 +517,7 @@ def lm_block_gaps(
     b, t = prompt.ids.shape
     pos = check_position(position, t)
     updates, trace = _updates(lm, prompt, pos, outputs=True)
-    query = prompt.query()
-    inputs = [z[:, None] for z in trace.inputs]
+    query, inputs = prompt.query(), trace.inputs
     if pos is not None:
         patched = _trace(lm, query, {"outputs": -1}, inputs=inputs, patches=updates).outputs
         return torch.stack([(o - p).norm(dim=-1) for o, p in zip(trace.outputs, patched)], dim=1)
@@ -457,20 +541,23 @@ def lm_trajectory(
     input_ids: Tensor,
     attention_mask: Tensor | None = None,
     context_lengths: Sequence[int] | None = None,
+    kept_tokens: int = 1,
 ) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor]:
     """The updates of every layer for the truncated prompts ``[c_1..c_i, x]``.
 
-    The truncated prompts of one length ``i`` have ``i + 1`` tokens in every row, so each length
-    runs as one batch without padding, exactly as the prompts would run alone. Returns
-    ``(updates, lengths, logits)``: ``updates[s][ℓ]`` is layer ``ℓ``'s update (batch ``B``) for
-    context length ``lengths[s]``, and ``logits (B, S, V)`` the model's own logits at the query
-    of every truncated prompt.
+    ``x`` is the last ``kept_tokens`` tokens (the query, by default), the context ``c`` the real
+    tokens before them. The truncated prompts of one length ``i`` have ``i + K`` tokens in every
+    row, so each length runs as one batch without padding, exactly as the prompts would run
+    alone. Returns ``(updates, lengths, logits)``: ``updates[s][ℓ]`` is layer ``ℓ``'s update
+    (batch ``B``) for context length ``lengths[s]``, and ``logits (B, S, V)`` the model's own
+    logits at the last token of every truncated prompt.
     """
     lm = _language_model(model)
-    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
+    kept = _check_kept(kept_tokens, -1)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=kept + 1)
     b, t = prompt.ids.shape
     counts = torch.full((b,), t, device=prompt.ids.device) if prompt.mask is None else prompt.mask.sum(-1)
-    n_context = int(counts.min()) - 1
+    n_context = int(counts.min()) - kept
     if context_lengths is None:
         lengths = tuple(range(n_context + 1))
     else:
@@ -480,12 +567,13 @@ def lm_trajectory(
         if any(not 0 <= i <= n_context for i in lengths):
             raise ValueError(f"context_lengths must lie in [0, {n_context}] (the shortest prompt's context), got {lengths}")
     first = (t - counts)[:, None]  # (B, 1): index of each row's first real token
+    tail = torch.arange(t - kept, t, device=first.device).expand(b, kept)
     steps, logits = [], []
     for i in lengths:
-        index = torch.cat([first + torch.arange(i, device=first.device), torch.full_like(first, t - 1)], dim=1)
-        ids = prompt.ids.gather(1, index)  # (B, i + 1): c_1..c_i, then the query
-        truncated = _Prompt(ids, None, torch.arange(i + 1, device=ids.device).expand(b, i + 1))
-        updates, trace = _updates(lm, truncated, i)
+        index = torch.cat([first + torch.arange(i, device=first.device), tail], dim=1)
+        ids = prompt.ids.gather(1, index)  # (B, i + K): c_1..c_i, then the kept tokens
+        truncated = _Prompt(ids, None, torch.arange(i + kept, device=ids.device).expand(b, i + kept))
+        updates, trace = _updates(lm, truncated, i + kept - 1, kept=kept)
         steps.append(updates)
         logits.append(trace.logits)
     return steps, lengths, torch.stack(logits, dim=1)

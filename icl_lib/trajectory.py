@@ -117,11 +117,12 @@ class NetworkTrajectory:
         return list(self.updates[step])
 
     def frobenius_norms(self) -> Tensor:
-        """``‖ΔW_i‖_F`` of every layer at every step, ``(B, L, S)``."""
-        return torch.stack([torch.stack([u.frobenius_norm() for u in step], dim=1) for step in self.updates], dim=2)
+        """``‖ΔW_i‖_F`` of every layer at every step, ``(B, L, S)`` (``(B, L, K, S)`` with ``K`` kept tokens)."""
+        return torch.stack([torch.stack([u.frobenius_norm() for u in step], dim=1) for step in self.updates], dim=-1)
 
     def increment_norms(self) -> Tensor:
-        """``‖ΔW_{s+1} − ΔW_s‖_F`` of every layer between consecutive steps, ``(B, L, S−1)``.
+        """``‖ΔW_{s+1} − ΔW_s‖_F`` of every layer between consecutive steps, ``(B, L, S−1)``
+        (``(B, L, K, S−1)`` with ``K`` kept tokens).
 
         With ``ΔW = u wᵀ`` (``w = v/‖v‖²``) the difference is ``(u′ − u) w′ᵀ + u (w′ − w)ᵀ``: its
         squared norm is summed from these two small terms, never as a difference of two large
@@ -131,7 +132,7 @@ class NetworkTrajectory:
         for before, after in zip(self.updates[:-1], self.updates[1:]):
             layers = []
             for old, new in zip(before, after):
-                w0, w1 = old.v * old.learning_rate[:, None], new.v * new.learning_rate[:, None]
+                w0, w1 = old.v * old.learning_rate[..., None], new.v * new.learning_rate[..., None]
                 du, dw = new.u - old.u, w1 - w0
                 squared = (
                     (du * du).sum(-1) * (w1 * w1).sum(-1)
@@ -140,7 +141,7 @@ class NetworkTrajectory:
                 )
                 layers.append(squared.clamp(min=0).sqrt())
             steps.append(torch.stack(layers, dim=1))
-        return torch.stack(steps, dim=2)
+        return torch.stack(steps, dim=-1)
 
 
 def implicit_trajectory(
@@ -149,6 +150,7 @@ def implicit_trajectory(
     *,
     attention_mask: Tensor | None = None,
     context_lengths: Sequence[int] | None = None,
+    kept_tokens: int = 1,
 ) -> ImplicitTrajectory | NetworkTrajectory:
     """The implicit updates after absorbing ``c_1..c_i``, for every ``i = 0..N``.
 
@@ -162,14 +164,16 @@ def implicit_trajectory(
         attention_mask: language models only: ``(B, T)``, 0 for left padding.
         context_lengths: language models only: the context lengths ``i`` to run (default every
             ``i = 0..N`` of the shortest prompt), e.g. the token counts at example boundaries.
+        kept_tokens: language models only: the query ``x`` is the last ``K`` tokens (e.g. a whole
+            query line); every one of them gets its own patch (see :func:`icl_lib.network_update`).
     """
     if is_language_model(block):
         from .language_models import lm_trajectory
 
-        steps, lengths, logits = lm_trajectory(block, tokens, attention_mask, context_lengths)
+        steps, lengths, logits = lm_trajectory(block, tokens, attention_mask, context_lengths, kept_tokens)
         return NetworkTrajectory(updates=tuple(tuple(step) for step in steps), context_lengths=lengths, logits=logits)
-    if attention_mask is not None or context_lengths is not None:
-        raise ValueError("attention_mask and context_lengths are for transformers language models only")
+    if attention_mask is not None or context_lengths is not None or kept_tokens != 1:
+        raise ValueError("attention_mask, context_lengths and kept_tokens are for transformers language models only")
     view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, d = tokens.shape
     keep = _prefix_keep(t - 1, tokens.device)

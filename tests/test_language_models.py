@@ -167,6 +167,43 @@ def test_trajectory_at_chosen_lengths_with_padding():
         icl.implicit_trajectory(model, ids, attention_mask=mask, context_lengths=[8])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_kept_tokens_each_get_their_own_patch(family, dtype):
+    """Absorb only the context before the last K tokens: the K tokens alone, each patched in every
+    layer with its own reference, reproduce the prompted logits (and the layers' outputs there)."""
+    model = build(family, "small", 11, dtype)
+    ids = prompt_ids(3, 13, 11)
+    for kept in (1, 2, 4):
+        updates = icl.network_update(model, ids, kept_tokens=kept)
+        if kept > 1:
+            assert updates[0].u.shape[:2] == (3, kept) and updates[0].v.shape[:2] == (3, kept)
+            assert updates[0].position_ids.tolist() == [list(range(13 - kept, 13))] * 3
+            assert updates[0].delta_W.shape[:2] == (3, kept)
+            assert torch.allclose(updates[0].frobenius_norm(), updates[0].delta_W.flatten(2).norm(dim=-1))
+        patched = icl.forward_with_updates(model, updates, ids[:, -kept:])
+        assert relative_error(patched, _logits(model, ids)) <= TOLERANCE[dtype]
+    # the first kept token sees no other kept token: its patch is the query-alone patch of the
+    # prompt cut after it
+    cut = icl.network_update(model, ids[:, :10])
+    for layer_kept, layer_cut in zip(icl.network_update(model, ids, kept_tokens=4), cut):
+        assert relative_error(layer_kept.u[:, 0], layer_cut.u) <= 10 * TOLERANCE[dtype]
+
+
+def test_kept_tokens_trajectory_adds_context_before_the_kept_tokens():
+    model = build("gemma3", "small", 12, torch.float64)
+    ids = prompt_ids(2, 12, 12)
+    trajectory = icl.implicit_trajectory(model, ids, kept_tokens=3, context_lengths=[0, 4, 9])
+    for step, i in enumerate((0, 4, 9)):
+        truncated = torch.cat([ids[:, :i], ids[:, -3:]], dim=1)
+        want = _logits(model, truncated)
+        assert relative_error(trajectory.logits[:, step], want) <= TOLERANCE[torch.float64]
+        assert relative_error(icl.forward_with_updates(model, trajectory.at(step), ids[:, -3:]), want) <= 1e-12
+    assert trajectory.frobenius_norms().shape == (2, 2, 3, 3)  # (B, L, K, S)
+    assert (trajectory.frobenius_norms()[..., 0] == 0).all()
+    assert trajectory.increment_norms().shape == (2, 2, 3, 2)
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_the_query_keeps_its_position_id_where_positions_are_absolute(family):
     model = build(family, "small", 8, torch.float64)
@@ -290,8 +327,14 @@ def test_bad_inputs_raise_value_errors_naming_the_problem():
         icl.network_update(model, ids, attention_mask=2 * torch.ones_like(ids))
     with pytest.raises(TypeError, match="torch.long"):
         icl.network_update(model, ids.int())
-    with pytest.raises(ValueError, match=r"shape \(B, 1\)"):
+    with pytest.raises(ValueError, match=r"patches 1 kept token\(s\) but 6 were given"):
         icl.forward_with_updates(model, updates, ids)
+    with pytest.raises(ValueError, match="kept_tokens must be a positive int"):
+        icl.network_update(model, ids, kept_tokens=0)
+    with pytest.raises(ValueError, match=r"6 token\(s\), 6 of them kept: the context is empty"):
+        icl.network_update(model, ids, kept_tokens=6)
+    with pytest.raises(ValueError, match="leave position at -1"):
+        icl.network_update(model, ids, position=2, kept_tokens=2)
     with pytest.raises(ValueError, match="one ImplicitUpdate per decoder layer"):
         icl.forward_with_updates(model, updates[:1], ids[:, -1:])
     every = icl.network_update(model, ids, position="all")
