@@ -10,6 +10,7 @@ Modules, one job each:
 * ``views``, ``checks``: how a block is split at ``W``; input validation;
 * ``decoders``, ``language_models``, ``pretrained``: the same for ``transformers`` causal LMs
   (Llama family, Gemma 2/3, GPT-2) and the pretrained SmolLM2 shipped by pip;
+* ``fewshot``, ``lm_compression``: few-shot tasks for a real model, static patches on it;
 * ``implicit``, ``trajectory``: exact implicit updates, whole-network patches, token-by-token dynamics;
 * ``proofs``: sympy checks of every proof step;
 * ``tasks``, ``training``, ``evaluation``, ``baselines``, ``finetune``, ``metrics``: the experiments;
@@ -17,7 +18,7 @@ Modules, one job each:
 * ``seeding``: reproducibility; ``bench``: the benchmark (``python -m icl_lib.bench``).
 """
 
-from . import decoders, proofs
+from . import decoders, fewshot, lm_compression, proofs
 from .analysis import (
     block_gaps,
     mean_sem,
@@ -56,6 +57,9 @@ from .metrics import frobenius_alignment, relative_error
 from .seeding import seed_everything
 from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
+from .fewshot import TASKS, answer_accuracy, task_prompts
+from .language_models import greedy_continuation, patch_contributions
+from .lm_compression import apply_lm_static_patch, fit_lm_static_patch, next_token_kl, transported_logits
 from .pretrained import load_smollm2
 from .trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
 
@@ -81,6 +85,17 @@ __all__ = [
     # real language models (transformers): the adapters, the pretrained model
     "decoders",
     "load_smollm2",
+    "patch_contributions",
+    "greedy_continuation",
+    "fewshot",
+    "TASKS",
+    "task_prompts",
+    "answer_accuracy",
+    "lm_compression",
+    "fit_lm_static_patch",
+    "apply_lm_static_patch",
+    "transported_logits",
+    "next_token_kl",
     # symbolic proofs
     "proofs",
     # reproducibility

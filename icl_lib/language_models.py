@@ -45,6 +45,9 @@ from .decoders import DecoderFamily, FirstLayer, decoder_layers, family_of, firs
 from .implicit import ImplicitUpdate, check_reference
 
 __all__ = [
+    "LowRankPatch",
+    "patch_contributions",
+    "greedy_continuation",
     "lm_network_update",
     "lm_forward_with_updates",
     "lm_block_inputs",
@@ -193,6 +196,7 @@ class _Trace:
     pre: list[Tensor] = field(default_factory=list)
     mlp_in: list[Tensor] = field(default_factory=list)
     residual: list[Tensor] = field(default_factory=list)
+    mlp_out: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     logits: Tensor | None = None
 
@@ -210,7 +214,7 @@ class LowRankPatch:
     Attributes:
         left: ``L``, ``(P, H_s, r)``.
         right: ``R``, ``(P, D, r)``.
-        delta_b: ``(P, D)``, or ``None``.
+        delta_b: ``(P, D)`` shared by every row, ``(B, P, D)`` one per row, or ``None``.
     """
 
     left: Tensor
@@ -240,7 +244,7 @@ def _out_shift(patch: Patch) -> Tensor | None:
     if patch.delta_b is None:
         return None
     if isinstance(patch, LowRankPatch):
-        return patch.delta_b[None]
+        return patch.delta_b[None] if patch.delta_b.ndim == 2 else patch.delta_b
     return patch.delta_b[:, None] if patch.v.ndim == 2 else patch.delta_b
 
 
@@ -284,7 +288,8 @@ def _trace(
     Args:
         record: which quantities to keep, each at one position, a slice, or every position
             (``None``): keys among ``inputs`` (layer inputs ``z``), ``pre`` (``W_s m + b_s``),
-            ``mlp_in`` (``m``), ``residual`` (``h``), ``outputs`` (layer outputs).
+            ``mlp_in`` (``m``), ``residual`` (``h``), ``mlp_out`` (the output of the module
+            ``Δb′`` is added after, before it is), ``outputs`` (layer outputs).
         inputs: optional replacement input ``(R, T, D)`` for every layer: each layer then runs
             on the given tokens instead of its predecessor's output.
         patches: optional patch per layer: adds ``ΔW_s m`` to the first-layer outputs and
@@ -356,6 +361,8 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, input
 
         hooks.append((module, "post", first_output))
     shift_b = None if patch is None else _out_shift(patch)
+    if "mlp_out" in record:
+        hooks.append((shift, "post", lambda m, a, out: trace.mlp_out.append(_select(out, record["mlp_out"]))))
     if shift_b is not None:
         hooks.append((shift, "post", lambda m, a, out: out + shift_b))
     if "outputs" in record:
@@ -534,6 +541,50 @@ def lm_network_gap(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
     updates, trace = _updates(lm, prompt, prompt.ids.shape[1] - 1)
     patched = _trace(lm, prompt.query(), {}, patches=updates).logits
     return (trace.logits - patched).norm(dim=-1)
+
+
+def patch_contributions(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """How the prompt's effect on each layer's output at the query splits between the two patches.
+
+    For layer ``ℓ`` run on its prompted input at the query alone, the prompted output minus the
+    unpatched output is ``[MLP_{W+ΔW}(a) − MLP_W(a)] + Δb′``: the change the weight patch makes
+    to the MLP's output, and the steering vector. Returns their norms, each ``(B, L)``.
+    """
+    lm = _language_model(model)
+    prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
+    updates, trace = _updates(lm, prompt, prompt.ids.shape[1] - 1)
+    query = prompt.query()
+    plain = _trace(lm, query, {"mlp_out": -1}, inputs=trace.inputs).mlp_out
+    patched = _trace(lm, query, {"mlp_out": -1}, inputs=trace.inputs, patches=updates).mlp_out
+    weight = torch.stack([(p - q).norm(dim=-1) for p, q in zip(patched, plain)], dim=1)
+    steering = torch.stack([u.delta_b.norm(dim=-1) for u in updates], dim=1)
+    return weight, steering
+
+
+def greedy_continuation(model: nn.Module, input_ids: Tensor, n_tokens: int, through_patches: bool) -> Tensor:
+    """Greedy decoding of ``n_tokens`` tokens, ``(B, n_tokens)``.
+
+    With ``through_patches`` every new token comes from the patched model on the last token alone,
+    the patches recomputed from the grown prompt at each step (the context grew by one token);
+    otherwise from the model's own forward pass on the whole prompt.
+    """
+    lm = _language_model(model)
+    ids = check_ids(input_ids, "input_ids", lm)
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
+    new = []
+    for _ in range(n_tokens):
+        prompt = _prompt(lm, ids, None, min_tokens=2)
+        if through_patches:
+            updates, _ = _updates(lm, prompt, ids.shape[1] - 1)
+            logits = _trace(lm, prompt.query(), {}, patches=updates).logits
+        else:
+            logits = _trace(lm, prompt, {}).logits
+        new.append(logits.argmax(-1, keepdim=True))
+        ids = torch.cat([ids, new[-1]], dim=1)
+    return torch.cat(new, dim=1)
 
 
 def lm_trajectory(

@@ -63,3 +63,33 @@ def test_load_without_the_package_names_the_pip_command(monkeypatch):
 def test_load_refuses_other_dtypes():
     with pytest.raises(ValueError, match="float32 or torch.float64"):
         icl.load_smollm2(torch.float16)
+
+
+@pytest.mark.parametrize("name", sorted(icl.TASKS))
+def test_every_built_in_task_tokenises_into_one_layout(smollm2, name):
+    tokenizer = smollm2[2]
+    task = icl.TASKS[name]
+    assert len(task.queries) >= 30
+    for n in (0, 2, 4):
+        prompts = icl.task_prompts(task, tokenizer, n)
+        assert prompts.input_ids.shape == (len(task.queries), n * prompts.example_tokens + prompts.kept_tokens)
+        items = prompts.input_ids[:, -prompts.kept_tokens + prompts.item_position]
+        assert [tokenizer.decode(i).strip() for i in items.tolist()] == [item for item, _ in task.queries]
+
+
+def test_the_model_learns_capitals_in_context_and_not_without(smollm2):
+    model, _, tokenizer = smollm2
+    with_examples = icl.task_prompts(icl.TASKS["capitals"], tokenizer, 4)
+    alone = icl.task_prompts(icl.TASKS["capitals"], tokenizer, 0)
+    with torch.no_grad():
+        prompted = model(with_examples.input_ids).logits[:, -1]
+        bare = model(alone.input_ids).logits[:, -1]
+    assert icl.answer_accuracy(prompted, with_examples).float().mean() >= 0.8
+    assert icl.answer_accuracy(bare, alone).float().mean() <= 0.1
+
+
+def test_task_prompts_refuse_items_that_split(smollm2):
+    tokenizer = smollm2[2]
+    bad = icl.fewshot.FewShotTask("bad", "capital of", (("France", "Paris"),), (("Liechtenstein", "Vaduz"),))
+    with pytest.raises(ValueError, match="'Liechtenstein' is 4 tokens"):
+        icl.task_prompts(bad, tokenizer, 1)
