@@ -27,6 +27,7 @@ from .analysis import (
     singular_value_ratio,
     summed_update,
     update_cosines,
+    patch_cosines,
 )
 from .baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .blocks import MLP, Block, Transformer
@@ -130,6 +131,7 @@ __all__ = [
     "summed_update",
     "singular_value_ratio",
     "update_cosines",
+    "patch_cosines",
     "deep_regression_config",
     "encoder_stack",
     "PowerLawFit",

@@ -43,6 +43,7 @@ __all__ = [
     "summed_update",
     "singular_value_ratio",
     "update_cosines",
+    "patch_cosines",
 ]
 
 
@@ -159,6 +160,8 @@ def _check_update(update: object, *, stacked: bool | None = None) -> ImplicitUpd
         raise TypeError(f"update must be an icl_lib.ImplicitUpdate, got {type(update).__name__}")
     if stacked is True and not update.stacked:
         raise ValueError("update holds one update per prompt; pass one with position='all' (u of shape (B, P, H))")
+    if stacked is False and update.stacked:
+        raise ValueError("update holds several updates per prompt (u of shape (B, P, H)); pass one per prompt")
     return update
 
 
@@ -215,3 +218,27 @@ def update_cosines(update: ImplicitUpdate) -> Tensor:
         raise ValueError(f"the update of position {position} (batch element {batch}) is zero: its cosine is undefined")
     unit = u / norms[..., None]
     return unit @ unit.transpose(-1, -2)
+
+
+def patch_cosines(update: ImplicitUpdate) -> Tensor:
+    """The Frobenius cosine of the patches of every pair of prompts of a batch.
+
+    Each prompt has its own ``ΔW_b = u_b v_bᵀ/‖v_b‖²``, so
+    ``⟨ΔW_a, ΔW_b⟩_F = (u_a · u_b)(v_a · v_b)/(‖v_a‖² ‖v_b‖²)``: the Frobenius cosine is
+    ``cos(u_a, u_b) · cos(v_a, v_b)``. No dense matrix is formed.
+
+    Args:
+        update: one update per prompt, ``u (B, H)``, ``v (B, D)`` (e.g. one decoder layer's entry
+            of ``network_update``).
+
+    Returns:
+        ``(B, B)``, symmetric, with ones on the diagonal.
+    """
+    update = _check_update(update, stacked=False)
+    if update.v.ndim != 2:
+        raise ValueError("update must hold one patch per prompt (u (B, H), v (B, D))")
+    u, v = update.u, update.v
+    if (u.norm(dim=-1) == 0).any():
+        raise ValueError("a patch is zero: its cosine is undefined")
+    unit_u, unit_v = u / u.norm(dim=-1, keepdim=True), v / v.norm(dim=-1, keepdim=True)
+    return (unit_u @ unit_u.T) * (unit_v @ unit_v.T)

@@ -30,7 +30,15 @@ from functools import reduce
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DecoderFamily", "FAMILIES", "FirstLayer", "SUPPORTED_LANGUAGE_MODELS", "family_of", "is_language_model"]
+__all__ = [
+    "DecoderFamily",
+    "FAMILIES",
+    "FirstLayer",
+    "SUPPORTED_LANGUAGE_MODELS",
+    "family_of",
+    "is_language_model",
+    "norms_in_model_dtype",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class DecoderFamily:
     Attributes:
         name: the family, as error messages name it.
         model_classes: class names of the supported causal LMs (a subclass is accepted too).
-        layer_class: the class name every decoder layer must have.
+        layer_class: the class names a decoder layer may have.
         layers: attribute path from the model to its ``nn.ModuleList`` of decoder layers.
         first: attribute paths, from a layer, of the linear maps stacked into ``W_s``.
         transposed: the first-layer weights are stored ``(D, H)`` (GPT-2's ``Conv1D``).
@@ -208,3 +216,38 @@ def first_layer(layer: nn.Module, family: DecoderFamily) -> FirstLayer:
 def split_modules(layer: nn.Module, family: DecoderFamily) -> tuple[nn.Module, nn.Module, nn.Module]:
     """``(mlp, residual, shift)``: the modules a layer is split at (see :class:`DecoderFamily`)."""
     return _resolve(layer, family.mlp), _resolve(layer, family.residual), _resolve(layer, family.shift)
+
+
+# RMSNorm classes of transformers that compute ``weight · x / √(mean x² + ε)`` after casting x to float32.
+_FLOAT32_RMSNORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+
+
+class _RMSNormInDtype(nn.Module):
+    """``weight · x / √(mean x² + ε)`` computed in the input's own dtype."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.weight, self.variance_epsilon = norm.weight, norm.variance_epsilon
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def norms_in_model_dtype(model: nn.Module) -> nn.Module:
+    """A copy of a Llama-family model whose RMSNorms compute in the model's dtype.
+
+    ``transformers``' RMSNorm of the Llama family casts its input to float32 whatever the model's
+    dtype, so a float64 model normalises in float32. The copy shares the norms' weights and uses
+    the same formula in the input's dtype: in float64 it is a float64 model throughout.
+    """
+    import copy
+
+    family = family_of(model)
+    if family.transposed or family.residual != "post_attention_layernorm":
+        raise TypeError(f"norms_in_model_dtype supports the Llama family's RMSNorm, not {family.name}")
+    clone = copy.deepcopy(model)
+    for name, module in list(clone.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child).__name__ in _FLOAT32_RMSNORMS:
+                setattr(module, child_name, _RMSNormInDtype(child))
+    return clone

@@ -50,6 +50,7 @@ __all__ = [
     "theorem_general",
     "theorem_entries",
     "dynamics_steps",
+    "gated_steps",
     "all_steps",
     "report",
     "GENERAL",
@@ -727,14 +728,121 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
 
 
 # ---------------------------------------------------------------------------
+# Gated MLPs (SwiGLU, GeGLU): the first layer is the stack [W_gate; W_up]
+# ---------------------------------------------------------------------------
+
+
+def gated_steps(width: int = 2, hidden: int = 2) -> list[ProofStep]:
+    """The theorem for a gated MLP ``g(W_gate m, W_up m)`` (chapter 11), checked two ways.
+
+    A gated MLP reads its input ``m`` only through ``W_gate`` and ``W_up`` (each ``hidden x
+    width``): its first layer is the stacked map ``W_s = [W_gate; W_up]``. With the reference
+    ``a`` and ``δ = m − a``, each block is patched with the *same* right factor,
+    ``ΔW_gate = W_gate δ aᵀ/‖a‖²`` and ``ΔW_up = W_up δ aᵀ/‖a‖²``, i.e.
+    ``ΔW_s = (W_s δ) aᵀ/‖a‖²``, which has rank one.
+
+    General dimension (MatrixSymbols of symbolic sizes; ``g`` an undefined function of the two
+    pre-activation vectors, so any gating ``W_down (φ(p) ⊙ q)`` is covered): ``gated-blocks``,
+    ``gated-output``. Explicit entries (``width``, ``hidden``; ``φ`` applied entry by entry,
+    ``⊙`` the entrywise product): ``gated-stack.entries``, ``gated-output.entries``,
+    ``gated-rank-one.entries`` (every 2 x 2 minor of the stacked ``2·hidden x width`` update
+    vanishes) and ``gated-residual.entries`` (with the steering vector ``Δb′ = h_i − h_x`` the
+    residual layer's output is reproduced).
+
+    Raises:
+        ValueError: if a size is not an integer >= 1.
+    """
+    _check_size(width=width, hidden=hidden)
+    H, D = sympy.symbols("H D", integer=True, positive=True)
+    Wg, Wu = sympy.MatrixSymbol("W_gate", H, D), sympy.MatrixSymbol("W_up", H, D)
+    a, delta = sympy.MatrixSymbol("a", D, 1), sympy.MatrixSymbol("delta", D, 1)
+    s = sympy.Symbol(r"\|a\|^{2}", positive=True)
+    g = sympy.Function("g")
+    squares = {a: s}
+    dWg, dWu = Wg * delta * a.T / s, Wu * delta * a.T / s
+    steps = [
+        _step(
+            "gated-blocks",
+            "Both blocks of the stacked first layer, patched with the shared right factor aᵀ/‖a‖², map "
+            "a to what they map a + δ to: (W_gate + ΔW_gate) a = W_gate (a + δ), and the same for W_up "
+            "(shown here for the gate; the up block is the same identity with W_up).",
+            (Wg + dWg) * a,
+            Wg * (a + delta),
+            GENERAL,
+            squares,
+        ),
+        _step(
+            "gated-output",
+            "So the gated MLP, any function g of its two pre-activations, gives the same output: "
+            "g((W_gate + ΔW_gate) a, (W_up + ΔW_up) a) = g(W_gate (a + δ), W_up (a + δ)).",
+            g((Wg + dWg) * a, (Wu + dWu) * a),
+            g(Wg * (a + delta), Wu * (a + delta)),
+            GENERAL,
+            squares,
+        ),
+    ]
+    method = f"explicit entries, width={width}, hidden={hidden}"
+    Wg_e, Wu_e, Wd_e = _matrix("g", hidden, width), _matrix("u", hidden, width), _matrix("d", width, hidden)
+    a_e, delta_e = _vector("a", width), _vector(r"\delta", width)
+    h_i, h_x = _vector("h", width), _vector(r"h^{x}", width)
+    phi = sympy.Function(r"\varphi")
+    s_e = _squared_norm(a_e)
+    stacked = Wg_e.col_join(Wu_e)
+    dWs = stacked * delta_e * a_e.T / s_e
+
+    def mlp(gate: sympy.Matrix, up: sympy.Matrix, m: sympy.Matrix) -> sympy.Matrix:
+        return Wd_e * (gate * m).applyfunc(phi).multiply_elementwise(up * m)
+
+    patched_gate, patched_up = Wg_e + dWs[:hidden, :], Wu_e + dWs[hidden:, :]
+    minors = [
+        dWs.extract([r1, r2], [c1, c2]).det()
+        for r1, r2 in combinations(range(2 * hidden), 2)
+        for c1, c2 in combinations(range(width), 2)
+    ]
+    steps += [
+        _step(
+            "gated-stack.entries",
+            "Entry by entry, the stacked update (W_s δ) aᵀ/‖a‖² is the gate update above the up update.",
+            dWs,
+            (Wg_e * delta_e * a_e.T / s_e).col_join(Wu_e * delta_e * a_e.T / s_e),
+            method,
+        ),
+        _step(
+            "gated-output.entries",
+            "Entry by entry, W_down (φ(W_gate m) ⊙ (W_up m)) with the patched blocks at a equals the "
+            "unpatched MLP at a + δ.",
+            mlp(patched_gate, patched_up, a_e),
+            mlp(Wg_e, Wu_e, a_e + delta_e),
+            method,
+        ),
+        _step(
+            "gated-rank-one.entries",
+            "Every 2 x 2 minor of the stacked update vanishes: [ΔW_gate; ΔW_up] has rank at most 1.",
+            sympy.Matrix(minors) if minors else sympy.zeros(1, 1),
+            sympy.zeros(max(len(minors), 1), 1),
+            method,
+        ),
+        _step(
+            "gated-residual.entries",
+            "With the steering vector Δb′ = h_i − h_x added after the MLP, the residual layer run on the "
+            "query alone, h_x + MLP_patched(a) + Δb′, equals the prompted h_i + MLP(a + δ).",
+            h_x + mlp(patched_gate, patched_up, a_e) + (h_i - h_x),
+            h_i + mlp(Wg_e, Wu_e, a_e + delta_e),
+            method,
+        ),
+    ]
+    return steps
+
+
+# ---------------------------------------------------------------------------
 # Collection and display
 # ---------------------------------------------------------------------------
 
 
 def all_steps() -> list[ProofStep]:
-    """Every step: :func:`theorem_general`, :func:`theorem_entries` and :func:`dynamics_steps`
-    at their default sizes. Step names are unique."""
-    return theorem_general() + theorem_entries() + dynamics_steps()
+    """Every step: :func:`theorem_general`, :func:`theorem_entries`, :func:`dynamics_steps` and
+    :func:`gated_steps` at their default sizes. Step names are unique."""
+    return theorem_general() + theorem_entries() + dynamics_steps() + gated_steps()
 
 
 def report(steps: Iterable[ProofStep]) -> str:

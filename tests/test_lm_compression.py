@@ -90,3 +90,24 @@ def test_greedy_continuation_through_patches_matches_the_model(family):
         reference = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)[:, 7:]
     assert torch.equal(plain, reference)
     assert torch.equal(icl.greedy_continuation(model, ids, 4, through_patches=True), plain)
+
+
+def test_patch_cosines_are_the_frobenius_cosines_of_the_dense_patches():
+    model = build("mistral", "small", 5, torch.float64)
+    ids = prompt_ids(4, 9, 5)
+    update = icl.network_update(model, ids)[1]
+    dense = update.delta_W.flatten(1)
+    unit = dense / dense.norm(dim=-1, keepdim=True)
+    assert torch.allclose(icl.patch_cosines(update), unit @ unit.T, atol=1e-12)
+
+
+def test_norms_in_model_dtype_keep_the_model_and_compute_in_float64():
+    model = build("llama", "wide", 6, torch.float64)
+    ids = prompt_ids(2, 8, 6)
+    exact = icl.decoders.norms_in_model_dtype(model)
+    with torch.no_grad():
+        a, b = model(ids).logits, exact(ids).logits
+    assert relative_error(b, a) <= 1e-6  # the same model up to float32 rounding of the norms
+    assert not torch.equal(a, b)
+    with pytest.raises(TypeError, match="Llama family"):
+        icl.decoders.norms_in_model_dtype(build("gpt2"))
