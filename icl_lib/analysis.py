@@ -70,7 +70,12 @@ def mean_sem(values: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def block_gaps(
-    model: nn.Module, tokens: Tensor, position: int | str = -1, *, attention_mask: Tensor | None = None
+    model: nn.Module,
+    tokens: Tensor,
+    position: int | str = -1,
+    *,
+    attention_mask: Tensor | None = None,
+    relative: bool = False,
 ) -> Tensor:
     """Per block, the distance between the prompted output and the patched query-alone output.
 
@@ -86,15 +91,18 @@ def block_gaps(
             ``(B, T)`` for a language model.
         position: the position ``p`` compared (default the query), or ``"all"``.
         attention_mask: language models only: ``(B, T)``, 0 for left padding.
+        relative: divide each gap by the norm of the block's prompted output there.
 
     Returns:
         ``(B, depth)``, or ``(B, depth, T)`` for ``position="all"``: the Euclidean norm of the
-        difference of the two ``D``-vectors.
+        difference of the two ``D``-vectors (relative to the prompted output's norm if asked).
     """
+    if not isinstance(relative, bool):
+        raise TypeError(f"relative must be a bool, got {type(relative).__name__}")
     if is_language_model(model):
         from .language_models import lm_block_gaps
 
-        return lm_block_gaps(model, tokens, attention_mask, position)
+        return lm_block_gaps(model, tokens, attention_mask, position, relative)
     if attention_mask is not None:
         raise ValueError("attention_mask is for transformers language models only")
     _, blocks, _ = stack_of(model)
@@ -107,7 +115,8 @@ def block_gaps(
         update = implicit_update(block, z, position="all" if pos is None else pos)
         patched = forward_with_update(block, update, z[:, -1:])
         prompted = block(z) if pos is None else block(z)[:, pos]
-        gaps.append((prompted - patched).norm(dim=-1))
+        gap = (prompted - patched).norm(dim=-1)
+        gaps.append(gap / prompted.norm(dim=-1) if relative else gap)
     return torch.stack(gaps, dim=1)
 
 

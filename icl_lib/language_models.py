@@ -354,9 +354,9 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, input
             if patch is not None:
                 out = out + state["pre_shift"][..., cut]
             if "pre" in record:
-                pieces.append(out)
+                pieces.append(_select(out, record["pre"]))
                 if last:
-                    trace.pre.append(_select(torch.cat(pieces, dim=-1), record["pre"]))
+                    trace.pre.append(torch.cat(pieces, dim=-1))
             return out
 
         hooks.append((module, "post", first_output))
@@ -515,7 +515,11 @@ def _flatten_stacked(update: ImplicitUpdate) -> ImplicitUpdate:
 
 
 def lm_block_gaps(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None, position: int | str = -1
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    position: int | str = -1,
+    relative: bool = False,
 ) -> Tensor:
     """Per layer, ‖prompted layer output − patched layer on its input at the query alone‖ (see
     :func:`icl_lib.block_gaps`): ``(B, L)``, or ``(B, L, T)`` for ``position="all"``."""
@@ -525,13 +529,16 @@ def lm_block_gaps(
     pos = check_position(position, t)
     updates, trace = _updates(lm, prompt, pos, outputs=True)
     query, inputs = prompt.query(), trace.inputs
-    if pos is not None:
-        patched = _trace(lm, query, {"outputs": -1}, inputs=inputs, patches=updates).outputs
-        return torch.stack([(o - p).norm(dim=-1) for o, p in zip(trace.outputs, patched)], dim=1)
-    rows = _Prompt(query.ids.repeat_interleave(t, 0), None, query.positions.repeat_interleave(t, 0))
-    inputs = [z.repeat_interleave(t, 0) for z in inputs]
-    patched = _trace(lm, rows, {"outputs": -1}, inputs=inputs, patches=[_flatten_stacked(u) for u in updates]).outputs
-    return torch.stack([(o - p.view(b, t, -1)).norm(dim=-1) for o, p in zip(trace.outputs, patched)], dim=1)
+    if pos is None:
+        query = _Prompt(query.ids.repeat_interleave(t, 0), None, query.positions.repeat_interleave(t, 0))
+        inputs = [z.repeat_interleave(t, 0) for z in inputs]
+        updates = [_flatten_stacked(u) for u in updates]
+    patched = _trace(lm, query, {"outputs": -1}, inputs=inputs, patches=updates).outputs
+    gaps = []
+    for prompted, out in zip(trace.outputs, patched):
+        gap = (prompted - out.view(prompted.shape)).norm(dim=-1)
+        gaps.append(gap / prompted.norm(dim=-1) if relative else gap)
+    return torch.stack(gaps, dim=1)
 
 
 def lm_network_gap(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

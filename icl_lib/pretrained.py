@@ -13,6 +13,7 @@ package's installed file list (``importlib.metadata``).
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -96,7 +97,10 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     path = smollm2_file()
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        with warnings.catch_warnings():
+            # tqdm.auto, imported by transformers, warns on stderr in a notebook without ipywidgets
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            from transformers import AutoModelForCausalLM, AutoTokenizer
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError as error:
         raise ModuleNotFoundError(

@@ -352,3 +352,15 @@ def test_a_patch_that_is_not_applied_is_an_error_not_a_silent_miss():
     mlp.forward = lambda x: mlp.down_proj(torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * mlp.up_proj(x))
     with pytest.raises(RuntimeError, match="did not call every module"):
         icl.forward_with_updates(model, updates, ids[:, -1:])
+
+
+def test_relative_block_gaps_divide_by_the_prompted_outputs():
+    model = build("llama", "small", 13, torch.float64)
+    ids = prompt_ids(2, 8, 13)
+    absolute, relative = icl.block_gaps(model, ids), icl.block_gaps(model, ids, relative=True)
+    inputs = icl.block_inputs(model, ids)
+    assert torch.allclose(relative[:, 0], absolute[:, 0] / inputs[1][:, -1].norm(dim=-1))
+    stack = icl.Transformer(4, 2, 8).double().eval()
+    tokens = torch.randn(3, 5, 4, dtype=torch.float64)
+    gaps = icl.block_gaps(stack, tokens, relative=True)
+    assert gaps.shape == (3, 2) and (gaps <= 1e-12).all()
