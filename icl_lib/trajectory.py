@@ -92,7 +92,7 @@ def implicit_trajectory(block: nn.Module, tokens: Tensor) -> ImplicitTrajectory:
         block: an :class:`icl_lib.Block` or a ``torch.nn.TransformerEncoderLayer``.
         tokens: ``(B, T, D)``, ``T = N + 1 ≥ 2``.
     """
-    view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
+    view, _, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, d = tokens.shape
     keep = _prefix_keep(t - 1, tokens.device)
     chunk = max(1, _CHUNK_ELEMENTS // (b * t * t))
