@@ -14,7 +14,7 @@ meaningless but finite. This is how a batch of prompts with different absorbed s
 
 Cost: softmax attention runs on PyTorch's fused ``scaled_dot_product_attention`` (``is_causal``
 without a mask, a boolean mask of allowed pairs with one); linear attention on running sums over
-chunks, with no ``T × T`` matrix; the recurrent layer is a loop over positions, ``O(T)``.
+chunks, with no ``T × T`` matrix; the recurrent layer is a loop over positions, ``O(T)`` (sequential by nature).
 """
 
 from __future__ import annotations
@@ -199,11 +199,11 @@ class RecurrentLayer(nn.Module):
     def forward(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
         b, t, _ = tokens.shape
         drive = self.input(tokens)  # (B, T, S)
-        recurrent = self.recurrent.weight.T  # (S, S): s W_recᵀ, what self.recurrent(s) computes
-        states = torch.empty_like(drive)
+        recurrent = self.recurrent.weight.T  # (S, S): s W_recᵀ is self.recurrent(s), without a module call
         s = tokens.new_zeros(b, self.state)
+        states = []
         for i in range(t):
             new = torch.tanh(drive[:, i] + s @ recurrent)
-            states[:, i] = new
+            states.append(new)
             s = new if keep is None else torch.where(keep[:, i, None], new, s)
-        return self.out(states)
+        return self.out(torch.stack(states, dim=1))

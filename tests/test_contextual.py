@@ -1,7 +1,7 @@
 """The contextual layers' fast evaluations against their defining formulas.
 
 Softmax attention runs on PyTorch's fused kernel, linear attention on chunked running sums, the
-recurrent layer on a preallocated loop. Each is compared here, in float64, with a direct
+recurrent layer on a loop without module calls. Each is compared here, in float64, with a direct
 evaluation of the formula in its docstring (masked ``T × T`` matrices, an explicit loop), on
 sequences longer than one linear-attention chunk, with and without absent tokens.
 """
