@@ -114,7 +114,7 @@ class LinearAttention(_ProjectedHeads):
 
     ``A(z)_t = W_o · concat_heads( Σ_{s≤t} (φ(q_t)·φ(k_s)) v_s / Σ_{s≤t} φ(q_t)·φ(k_s) )``.
     The sums are running sums, so the layer is also an RNN with a matrix-valued state, and that
-    is how it is evaluated (:func:`_causal_linear_sums`): no ``T × T`` matrix is formed. An absent
+    is how it is evaluated, chunk by chunk: no ``T × T`` matrix is formed. An absent
     key is left out of the running sums (its features are multiplied by 0); an absent position
     adds its own term, so its normaliser never vanishes.
     For a one-token sequence ``A(x) = W_o (W_v x + b_v) + b_o``, as for softmax attention.
