@@ -32,6 +32,8 @@ configuration are interleaved round by round, so slow drifts of a shared machine
 On the CPU the same calls are also clocked with ``time.process_time`` (CPU time of this process,
 all its threads): on a machine shared with other jobs, wall time also counts the time the
 benchmark waits for a core, CPU time does not, so its ratios are the steadier of the two there.
+The block section's rounds each time as many back-to-back calls as last 20 ms (sub-millisecond
+calls would otherwise be timed at the clock's resolution).
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
 call. On the CPU, the tensor allocations and frees that torch's allocator reports to
