@@ -20,11 +20,12 @@ def module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     params = list(module.parameters())
     if not params:
         raise ValueError(f"{type(module).__name__} has no parameters")
-    dtypes = {p.dtype for p in params}
-    devices = {p.device for p in params}
-    if len(dtypes) > 1 or len(devices) > 1:
+    dtype, device = params[0].dtype, params[0].device
+    if any(p.dtype != dtype or p.device != device for p in params):
+        dtypes = {p.dtype for p in params}
+        devices = {p.device for p in params}
         raise ValueError(f"{type(module).__name__} mixes parameter dtypes {dtypes} or devices {devices}")
-    return params[0].dtype, params[0].device
+    return dtype, device
 
 
 def check_tokens(

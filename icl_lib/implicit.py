@@ -110,6 +110,10 @@ def check_reference(a: Tensor) -> Tensor:
     smallest normal number of its dtype (or overflows): ``1/‖a‖²`` would be inf and the
     patched output NaN.
     """
+    squared = (a * a).sum(-1)
+    finfo = torch.finfo(a.dtype)
+    if bool(((squared >= finfo.tiny) & (squared <= finfo.max)).all()):  # the usual case: one test
+        return a
     zero = (a == 0).all(dim=-1)
     if zero.any():
         rows = zero.nonzero().flatten().tolist()
@@ -117,8 +121,7 @@ def check_reference(a: Tensor) -> Tensor:
             f"the MLP input at the query without the absorbed context, A(x), is exactly zero for batch "
             f"element(s) {rows}: ΔW = W δ aᵀ/‖a‖² is undefined there (no epsilon is added)"
         )
-    squared = (a * a).sum(-1)
-    unusable = ~torch.isfinite(squared) | (squared < torch.finfo(a.dtype).tiny)
+    unusable = ~torch.isfinite(squared) | (squared < finfo.tiny)
     if unusable.any():
         rows = unusable.nonzero().flatten().tolist()
         raise ValueError(
@@ -150,12 +153,13 @@ def _update(
 
 
 def _check_block_tokens(block: nn.Module, tokens: object, name: str, min_length: int, batch: int | None = None):
+    """The block's view, its parameters' dtype, and the validated tokens."""
     view = view_of(block)
     dtype, device = module_dtype_device(block)
     tokens = check_tokens(
         tokens, name, width=view.first.in_features, dtype=dtype, device=device, min_length=min_length, batch=batch
     )
-    return view, tokens
+    return view, dtype, tokens
 
 
 def implicit_update(
@@ -175,7 +179,7 @@ def implicit_update(
         an :class:`ImplicitUpdate`; with ``u (B, H)`` or ``(B, T, H)`` for ``position="all"``.
         :func:`forward_with_update` on the kept tokens then reproduces the prompted output.
     """
-    view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
+    view, _, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, _ = tokens.shape
     pos = check_position(position, t)
     keep = None
@@ -194,10 +198,10 @@ def _patched_output(view: BlockView, update: ImplicitUpdate, m_q: Tensor, h_q: T
     coefficient = (m_q * update.v).sum(-1) * update.learning_rate  # (B,)
     pre = view.first(m_q)
     if update.stacked:
-        pre = pre[:, None] + update.u * coefficient[:, None, None]
+        pre = torch.addcmul(pre[:, None], update.u, coefficient[:, None, None])  # one pass over (B, P, H)
         h_q = None if h_q is None else h_q[:, None]
     else:
-        pre = pre + update.u * coefficient[:, None]
+        pre = torch.addcmul(pre, update.u, coefficient[:, None])
     return view.finish(pre, h_q, update.delta_b)
 
 
@@ -236,8 +240,7 @@ def forward_with_update(
     Returns:
         ``(B, D_out)``, or ``(B, P, D_out)`` for a stacked update (one output per update).
     """
-    dtype, _ = module_dtype_device(block)
-    view, tokens = _check_block_tokens(block, tokens_kept, "tokens_kept", min_length=1)
+    view, dtype, tokens = _check_block_tokens(block, tokens_kept, "tokens_kept", min_length=1)
     update = _check_update(update, view, dtype)
     if tokens.shape[0] != update.v.shape[0]:
         raise ValueError(f"tokens_kept has batch size {tokens.shape[0]} but the update has {update.v.shape[0]}")

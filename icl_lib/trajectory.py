@@ -174,7 +174,7 @@ def implicit_trajectory(
         return NetworkTrajectory(updates=tuple(tuple(step) for step in steps), context_lengths=lengths, logits=logits)
     if attention_mask is not None or context_lengths is not None or kept_tokens != 1:
         raise ValueError("attention_mask, context_lengths and kept_tokens are for transformers language models only")
-    view, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
+    view, _, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, d = tokens.shape
     keep = _prefix_keep(t - 1, tokens.device)
     chunk = max(1, _CHUNK_ELEMENTS // (b * t * t))

@@ -101,7 +101,7 @@ def test_targets_report_misses_and_failures():
 
 
 def test_quick_mode_prints_the_table_and_a_verdict_per_target(capsys):
-    assert bench.main(["--quick", "--repeats", "1", "--dtype", "float64"]) == 0
+    assert bench.main(["--quick", "--repeats", "1", "--dtype", "float64", "--sections", "grid"]) == 0
     out = capsys.readouterr().out
     for column in ("(a) ms", "(b)/(a)", "(c)/(a)", "(e)/(a)", "naive/(c)", "f/bound", "err naive"):
         assert column in out
@@ -140,3 +140,112 @@ def test_network_update_equals_block_by_block_updates(position):
             alone = icl.implicit_update(block, z, position=position)
             torch.testing.assert_close(update.u, alone.u, rtol=1e-13, atol=1e-13 * alone.u.abs().max().item())
             assert torch.equal(update.v, alone.v) and torch.equal(update.delta_b, alone.delta_b)
+
+
+# ----------------------------------------------------------------------------- (f), (g): one block
+
+BLOCK = bench.BlockSize(batch=3, context=9, width=6, heads=2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_twin_computes_the_same_block(dtype: torch.dtype, causal: bool):
+    block, tokens = bench.build_block(BLOCK, dtype, torch.device("cpu"), causal, seed=1)
+    twin = bench.fused_twin(block)
+    assert isinstance(twin, torch.nn.TransformerEncoderLayer) and not twin.training and twin.norm_first
+    with torch.no_grad():
+        want = block(tokens)
+        for fastpath in (True, False):
+            got = bench.fused_forward(twin, tokens, causal, fastpath=fastpath)
+            assert relative_error(got, want) <= TOLERANCE[dtype]
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def test_fused_twin_sees_a_different_block():
+    block, tokens = bench.build_block(BLOCK, torch.float64, torch.device("cpu"), causal=True, seed=2)
+    twin = bench.fused_twin(block)
+    with torch.no_grad():
+        bidirectional = bench.fused_forward(twin, tokens, causal=False)
+        assert relative_error(bidirectional, block(tokens)) > 1e-3  # the mask matters: the check can fail
+        block.mlp.up.weight[0, 0] += 0.5
+        assert relative_error(bench.fused_forward(twin, tokens, causal=True), block(tokens)) > 1e-6
+
+
+def test_fused_twin_refuses_what_the_fused_layer_cannot_hold():
+    with pytest.raises(TypeError, match="pre-LN residual"):
+        bench.fused_twin(icl.Block(4, 8, residual=True))
+    with pytest.raises(TypeError, match="softmax attention"):
+        bench.fused_twin(icl.Block(4, 8, residual=True, layer_norm=True, contextual="linear"))
+    with pytest.raises(TypeError, match="ReLU or exact GELU"):
+        bench.fused_twin(icl.Block(4, 8, residual=True, layer_norm=True, activation="tanh"))
+
+
+def test_every_position_outputs_reproduce_the_prompted_block():
+    block, tokens = bench.build_block(BLOCK, torch.float64, torch.device("cpu"), causal=False, seed=3)
+    with torch.no_grad():
+        got = bench.every_position_outputs(block, tokens)
+        assert got.shape == tokens.shape
+        assert relative_error(got, block(tokens)) <= TOLERANCE[torch.float64]
+
+
+def test_interleaved_seconds_batches_short_calls():
+    counts = {"fast": 0}
+
+    def fast():
+        counts["fast"] += 1
+
+    wall, cpu = bench.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=3, min_sample_seconds=1e-3)
+    assert set(wall) == set(cpu) == {"fast"} and wall["fast"] > 0
+    assert counts["fast"] > 1 + 4  # the first call, then more than one call per round
+    with pytest.raises(ValueError, match="repeats"):
+        bench.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=0)
+
+
+def test_block_measurement_and_its_verdicts():
+    m = bench.measure_block(BLOCK, torch.float64, torch.device("cpu"), causal=False, repeats=1)
+    assert {"block", "fused", "fused_sdpa", "torch", "update"} <= set(m.seconds) and m.cpu_seconds
+    assert m.seconds["torch"] == min(m.seconds["fused"], m.seconds["fused_sdpa"])
+    assert m.fused_error <= TOLERANCE[torch.float64] and m.theorem_error <= TOLERANCE[torch.float64]
+    assert m.peer_ms is None and bench.block_correct([m])
+    lines = bench.block_target_lines([m])
+    assert lines[0].startswith("target (f)") and "NOT RUN" in lines[1]
+    slow = dataclasses.replace(m, seconds={**m.seconds, "block": 2.0 * m.seconds["torch"]})
+    assert "MISS by 0.80x" in bench.block_target_lines([slow])[0].split("; by CPU time")[0]
+    # A configuration of the public implementation's table, judged against its figure.
+    peer_size = bench.BLOCK_GRID[0]
+    at_peer = dataclasses.replace(m, size=peer_size, cpu_seconds={})
+    limit = bench.PEER_MS[peer_size][torch.float64] / 3e3
+    for seconds, verdict in ((0.5 * limit, "PASS"), (2.0 * limit, "MISS")):
+        timed = dataclasses.replace(at_peer, seconds={**m.seconds, "update": seconds})
+        line = [line for line in bench.block_target_lines([timed]) if line.startswith("target (g)")][0]
+        assert verdict in line and peer_size.label in line
+    assert dataclasses.replace(at_peer, causal=True).peer_ms is None  # the peer's block is bidirectional
+    wrong = dataclasses.replace(m, theorem_error=1.0)
+    assert any("FAIL" in line for line in bench.block_target_lines([wrong])) and not bench.block_correct([wrong])
+
+
+def test_peer_table_is_the_block_grid():
+    assert set(bench.PEER_MS) == set(bench.BLOCK_GRID) and len(bench.BLOCK_GRID) == 5
+    assert all(set(figures) == {torch.float32, torch.float64} for figures in bench.PEER_MS.values())
+    with pytest.raises(ValueError, match="divisible"):
+        bench.BlockSize(batch=1, context=3, width=4, heads=3)
+
+
+def test_quick_block_section_prints_its_table_and_verdicts(capsys):
+    assert bench.main(["--quick", "--repeats", "1", "--dtype", "float32", "--sections", "block"]) == 0
+    out = capsys.readouterr().out
+    for column in ("block ms", "torch ms", "(f) ratio", "(g) ms", "(g)/block", "peer ms", "peer/(g)"):
+        assert column in out
+    rows = [line for line in out.splitlines() if line.startswith("float32")]
+    assert len(rows) == 2 * 2 * len(bench.QUICK_BLOCK_GRID)  # two attentions; the table, then by CPU time
+    assert all(len(line.split()) == 16 for line in rows)
+    assert len([line for line in out.splitlines() if line.startswith("target (f)")]) == 1
+    peer_lines = [line for line in out.splitlines() if line.startswith("target (g)")]
+    assert len(peer_lines) == 1 and any(word in peer_lines[0] for word in ("PASS", "MISS"))  # one peer shape
+    assert "generalising-icl" in out
+
+
+def test_sections_option():
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "grid,nonsense"])
+    assert list(bench.SECTIONS) == ["grid", "block"]
