@@ -10,12 +10,13 @@ Modules, one job each:
 * ``views``, ``checks``: how a block is split at ``W``; input validation;
 * ``implicit``, ``trajectory``: exact implicit updates, whole-network patches, token-by-token dynamics;
 * ``proofs``: sympy checks of every proof step;
+* ``plotting``: the book's plotting helpers (the schematics of the blocks);
 * ``tasks``, ``training``, ``evaluation``, ``baselines``, ``finetune``, ``metrics``: the experiments;
 * ``analysis``, ``deep``, ``memory``, ``compression``: measurements of the later chapters;
 * ``seeding``: reproducibility; ``bench``: the benchmark (``python -m icl_lib.bench``).
 """
 
-from . import proofs
+from . import plotting, proofs
 from .analysis import (
     block_gaps,
     mean_sem,
@@ -76,6 +77,8 @@ __all__ = [
     "implicit_trajectory",
     # symbolic proofs
     "proofs",
+    # the book's plotting helpers
+    "plotting",
     # reproducibility
     "seed_everything",
     # the regression task, training, baselines, fine-tuning
