@@ -13,12 +13,13 @@ Modules, one job each:
 * ``fewshot``, ``lm_compression``: few-shot tasks for a real model, static patches on it;
 * ``implicit``, ``trajectory``: exact implicit updates, whole-network patches, token-by-token dynamics;
 * ``proofs``: sympy checks of every proof step;
+* ``plotting``: the book's plotting helpers (the schematics of the blocks);
 * ``tasks``, ``training``, ``evaluation``, ``baselines``, ``finetune``, ``metrics``: the experiments;
 * ``analysis``, ``deep``, ``memory``, ``compression``: measurements of the later chapters;
 * ``seeding``: reproducibility; ``bench``: the benchmark (``python -m icl_lib.bench``).
 """
 
-from . import decoders, fewshot, lm_compression, proofs
+from . import decoders, fewshot, lm_compression, plotting, proofs
 from .analysis import (
     block_gaps,
     mean_sem,
@@ -99,6 +100,8 @@ __all__ = [
     "next_token_kl",
     # symbolic proofs
     "proofs",
+    # the book's plotting helpers
+    "plotting",
     # reproducibility
     "seed_everything",
     # the regression task, training, baselines, fine-tuning

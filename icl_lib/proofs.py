@@ -54,6 +54,8 @@ __all__ = [
     "all_steps",
     "report",
     "GENERAL",
+    "ExactPatch",
+    "exact_patch",
 ]
 
 #: The ``method`` of steps checked with MatrixSymbols of symbolic size.
@@ -856,3 +858,100 @@ def report(steps: Iterable[ProofStep]) -> str:
     out = [fmt.format(*header), line, *(fmt.format(*row) for row in body)]
     out.append(f"{sum(s.verified for s in rows)}/{len(rows)} steps verified by sympy")
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
+# Exact arithmetic on numbers: the worked example (chapter 2)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExactPatch:
+    """The theorem's quantities for given numbers, in exact rational arithmetic.
+
+    Shapes (sympy matrices): ``W`` (H x D), ``a``, ``full``, ``delta`` (D x 1), ``W_delta``,
+    ``patched_preactivation``, ``prompted_preactivation`` (H x 1), ``delta_W`` (H x D);
+    ``norm_sq`` is a positive sympy ``Rational``.
+
+    Attributes:
+        W: the first MLP weight.
+        a: the layer's output at the query without the absorbed tokens, ``A(C∖Y, x)``
+            (``A(x)`` when the whole context is absorbed).
+        full: the layer's output at the query with the whole context, ``A(C, x)``.
+        delta: ``δ = full − a``.
+        W_delta: ``W δ``, the change of the pre-activation (also the bias patch ``Δb``).
+        norm_sq: ``‖a‖² = aᵀa``.
+        delta_W: ``ΔW = (W δ) aᵀ / ‖a‖²``.
+        patched_preactivation: ``(W + ΔW) a`` (without the bias ``b``).
+        prompted_preactivation: ``W full`` (without ``b``); equal to the previous one.
+    """
+
+    W: sympy.Matrix
+    a: sympy.Matrix
+    full: sympy.Matrix
+    delta: sympy.Matrix
+    W_delta: sympy.Matrix
+    norm_sq: sympy.Rational
+    delta_W: sympy.Matrix
+    patched_preactivation: sympy.Matrix
+    prompted_preactivation: sympy.Matrix
+
+
+def _exact_matrix(name: str, value, column: bool) -> sympy.Matrix:
+    """``value`` as a sympy Matrix of Rationals (a column if ``column``); floats are refused."""
+    matrix = sympy.Matrix(value)
+    if column and matrix.shape[1] != 1:
+        if matrix.shape[0] == 1:
+            matrix = matrix.T
+        else:
+            raise ValueError(f"{name} must be a vector, got a matrix of shape {matrix.shape}")
+    if 0 in matrix.shape:
+        raise ValueError(f"{name} is empty")
+    for index, entry in enumerate(matrix):
+        if not (entry.is_Rational or entry.is_Integer):
+            row, col = divmod(index, matrix.shape[1])
+            raise TypeError(
+                f"{name}[{row}, {col}] = {entry!r} is not an integer or a fraction: exact arithmetic "
+                "needs ints, fractions.Fraction or sympy.Rational (write sympy.Rational(1, 2), not 0.5)")
+    return matrix
+
+
+def exact_patch(W, a, full) -> ExactPatch:
+    """Compute the theorem's patch ``ΔW = (W δ) aᵀ / ‖a‖²`` exactly, for given numbers.
+
+    The worked example at the start of chapter 2 runs the theorem on a block small enough to
+    follow with pencil and paper; this function does the same arithmetic in sympy Rationals, so
+    every quantity is an exact fraction and ``(W + ΔW) a = W (a + δ)`` holds with no round-off.
+
+    Args:
+        W: the first MLP weight, ``H x D``: a sympy Matrix or nested lists of ints, fractions or
+            sympy Rationals.
+        a: ``A(C∖Y, x)``, a length-``D`` vector (list, row or column), not zero.
+        full: ``A(C, x)``, a length-``D`` vector.
+
+    Returns:
+        An :class:`ExactPatch` holding every intermediate quantity.
+
+    Raises:
+        TypeError: if an entry is not an integer or a fraction (a float would not be exact).
+        ValueError: if the shapes do not fit (``W`` must be ``H x D`` for vectors of length
+            ``D``) or if ``a`` is zero (the patch divides by ``‖a‖²``).
+    """
+    W = _exact_matrix("W", W, column=False)
+    a = _exact_matrix("a", a, column=True)
+    full = _exact_matrix("full", full, column=True)
+    if a.shape != full.shape:
+        raise ValueError(f"a and full must have the same length, got {a.shape[0]} and {full.shape[0]}")
+    if W.shape[1] != a.shape[0]:
+        raise ValueError(f"W is {W.shape[0]} x {W.shape[1]} (H x D) but the vectors have length "
+                         f"D = {a.shape[0]}")
+    norm_sq = (a.T * a)[0, 0]
+    if norm_sq == 0:
+        raise ValueError("a = A(C∖Y, x) is zero: ΔW = W δ aᵀ/‖a‖² is undefined")
+    delta = full - a
+    W_delta = W * delta
+    delta_W = W_delta * a.T / norm_sq
+    return ExactPatch(
+        W=W, a=a, full=full, delta=delta, W_delta=W_delta, norm_sq=sympy.Rational(norm_sq),
+        delta_W=delta_W, patched_preactivation=(W + delta_W) * a, prompted_preactivation=W * full,
+    )

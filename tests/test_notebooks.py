@@ -13,7 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-CHAPTERS = sorted(p for p in BOOK.glob("*.ipynb"))
+# Every notebook of the book: the introduction (book/intro.ipynb, the root page) and the chapters.
+NOTEBOOKS = sorted(p for p in BOOK.glob("*.ipynb"))
+CHAPTER_NAME = re.compile(r"\d\d_[a-z0-9_]+\.ipynb")
+CHAPTERS = [p for p in NOTEBOOKS if CHAPTER_NAME.fullmatch(p.name)]
 
 # Paths of this or any machine, and object reprs with memory addresses, must not leak into outputs.
 MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/tmp/|/Users/|site-packages|[A-Z]:\\\\)")
@@ -43,10 +46,11 @@ def test_there_are_chapters():
     assert CHAPTERS, "no notebooks under book/"
 
 
-@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 class TestChapter:
     def test_name_and_kernel(self, path: Path):
-        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), "chapters are named NN_slug.ipynb"
+        assert path.name == "intro.ipynb" or CHAPTER_NAME.fullmatch(path.name), (
+            "notebooks are the introduction, intro.ipynb, and chapters named NN_slug.ipynb")
         nb = load(path)
         assert nb["nbformat"] == 4
         assert nb["metadata"]["kernelspec"]["name"] == "python3"
@@ -87,6 +91,8 @@ class TestChapter:
                 assert all(mime == "image/png" for mime in images), f"non-PNG figure {images} in {path.name}"
 
     def test_every_claim_ends_in_asserts(self, path: Path):
+        if path.name == "intro.ipynb":
+            pytest.skip("the introduction states no result of its own: it draws one schematic")
         sources = "".join("".join(cell["source"]) for cell in code_cells(load(path)))
         assert "assert " in sources, "a chapter checks its claims with asserts"
 
@@ -99,3 +105,47 @@ def test_table_of_contents_lists_every_chapter_once():
     assert len(listed) == len(set(listed)), "no file appears twice in _toc.yml"
     for name in listed:
         assert (BOOK / f"{name}.ipynb").exists() or (BOOK / f"{name}.md").exists(), f"{name} is in _toc.yml but missing"
+
+
+EXERCISE = re.compile(r"^```\{exercise\}[ \t]*(?P<title>.+)\n:label:[ \t]*(?P<label>\S+)", re.MULTILINE)
+SOLUTION = re.compile(r"^```\{solution(?P<gated>-start)?\}[ \t]*(?P<target>\S+)\n(?P<options>(?::[\w-]+:.*\n?)*)",
+                      re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_ends_with_exercises_and_folded_solutions(path: Path):
+    """Every chapter ends with an Exercises section: 3-5 sphinx-exercise boxes, one of them an open
+    question, each followed by its solution folded away (a dropdown); a solution with code runs
+    inside the chapter and its last code cell ends in an assert (so nbval checks it)."""
+    cells = load(path)["cells"]
+    starts = [i for i, c in enumerate(cells)
+              if c["cell_type"] == "markdown" and "".join(c["source"]).startswith("## Exercises")]
+    assert len(starts) == 1, "one '## Exercises' section per chapter"
+    tail = cells[starts[0]:]
+    text = "\n\n".join("".join(c["source"]) for c in tail if c["cell_type"] == "markdown")
+    assert not re.search(r"^#{1,2} ", text.split("\n", 1)[1], re.MULTILINE), "the exercises come last"
+    exercises = EXERCISE.findall(text)
+    assert 3 <= len(exercises) <= 5, f"{len(exercises)} exercises"
+    labels = [label for _, label in exercises]
+    assert len(set(labels)) == len(labels)
+    assert all(label.startswith(f"ex-{path.name[:2]}-") for label in labels), labels
+    assert sum(title.startswith("Open question") for title, _ in exercises) == 1, "one open question"
+    solutions = list(SOLUTION.finditer(text))
+    assert [s["target"] for s in solutions] == labels, "each exercise is followed by its solution"
+    assert all(":class: dropdown" in s["options"] for s in solutions), "solutions are hidden by default"
+    inside, last_code = False, None
+    for cell in tail:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code":
+            assert inside, "every code cell of the exercises belongs to a solution"
+            last_code = source
+            continue
+        if "{solution-end}" in source:
+            assert inside and last_code is not None, "a gated solution holds code"
+            last_line = [line for line in last_code.splitlines() if line.strip()][-1]
+            assert last_line.lstrip().startswith("assert "), f"a computed solution ends in an assert: {last_line!r}"
+            inside, last_code = False, None
+        if "{solution-start}" in source:
+            assert source.rfind("{solution-start}") > source.rfind("{solution-end}")
+            inside = True
+    assert not inside, "a solution-start without its solution-end"

@@ -6,6 +6,10 @@ Nothing reaches the network: Chromium resolves no host but 127.0.0.1, and every 
 not for the local server is aborted and recorded, except the MathJax CDN URL that the pages ask
 for, which is answered from a local copy of the same MathJax 3 release (installed by `make site`
 from the npm registry into `_build/mathjax`).
+
+Every page is opened twice, once in each colour mode of the theme (the reader's system preference
+"light" or "dark", which the theme follows on a first visit since `default_mode` is `auto`):
+screenshots `NAME.png` and `NAME-dark.png`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ CHROMIUM_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 VIEWPORT = {"width": 1280, "height": 900}
+# The theme's two colour modes, as the reader's system preference (prefers-color-scheme).
+MODES = ("light", "dark")
+# WCAG 2.1 contrast ratios for text: 4.5 for body text, 3 for large text (24 px, or 18.66 px bold).
+MIN_CONTRAST, MIN_CONTRAST_LARGE = 4.5, 3.0
 TIMEOUT_MS = 30_000
 
 # Types of sphinx-proof directives (each renders as <div class="proof TYPE admonition">; a proof
@@ -117,12 +125,16 @@ def toc_pages() -> list[TocPage]:
 class RenderedPage:
     page: TocPage
     url: str
+    mode: str = "light"                     # the colour mode it was opened in (see MODES)
     page_errors: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     failed_requests: list[str] = field(default_factory=list)
     blocked_requests: list[str] = field(default_factory=list)
     mathjax: str = ""                       # "done", "absent" (no MathJax on the page), "timeout"
     dom: dict = field(default_factory=dict)  # what COLLECT_JS returned
+    # What CONTRAST_JS returned once every dropdown and hidden cell was opened: text too faint.
+    low_contrast: list[dict] = field(default_factory=list)
+    opened: dict = field(default_factory=dict)  # solutions visible after opening (see OPEN_ALL_JS)
     screenshot: Path | None = None
 
 
@@ -186,7 +198,107 @@ COLLECT_JS = r"""
         '.xref.missing, .problematic, .system-message, a.reference.internal:not([href])')]
       .map((el) => el.outerHTML.slice(0, 160)),
     links: [...document.querySelectorAll('a[href]')].map((a) => a.href),
+    theme: document.documentElement.dataset.theme || '',
+    // sphinx-exercise boxes: exercises are shown, solutions start collapsed (a dropdown).
+    exercises: [...document.querySelectorAll('article div.exercise.admonition')].map((el) => ({
+      id: el.id, visible: visible(el),
+      title: (el.querySelector(':scope > .admonition-title') || el).textContent.replace(/\s+/g, ' ').trim(),
+    })),
+    solutions: [...document.querySelectorAll('article div.solution.admonition')].map((el) => {
+      const link = el.querySelector(':scope > .admonition-title a.reference');
+      const content = el.querySelector(':scope > section, :scope > div, :scope > p:not(.admonition-title)');
+      return {id: el.id, exercise: link ? decodeURIComponent(link.hash.slice(1)) : '',
+              dropdown: el.classList.contains('dropdown'),
+              contentVisible: content ? visible(content) : null};
+    }),
+    // The colour behind each figure of a cell output (the page's, where the image is transparent).
+    figures: [...document.querySelectorAll('article .cell_output img')].map((img) => ({
+      src: img.getAttribute('src'), background: getComputedStyle(img).backgroundColor})),
   };
+}
+"""
+
+# Opens what a reader can open: every toggle (solutions, dropdown admonitions) and every <details>
+# (hidden code cells); returns how many solutions are visible afterwards.
+OPEN_ALL_JS = r"""
+async () => {
+  document.querySelectorAll('details').forEach((d) => { d.open = true; });
+  document.querySelectorAll('button.toggle-button[aria-expanded="false"]').forEach((b) => b.click());
+  await new Promise((r) => setTimeout(r, 300));
+  const visible = (el) => el.checkVisibility({checkVisibilityCSS: true}) &&
+                          el.getBoundingClientRect().height > 0;
+  const solutions = [...document.querySelectorAll('article div.solution.admonition')];
+  return {solutions: solutions.length,
+          visible: solutions.filter((el) => {
+            const c = el.querySelector(':scope > section, :scope > div, :scope > p:not(.admonition-title)');
+            return c && visible(c);
+          }).length};
+}
+"""
+
+# The contrast of every visible piece of text in the article against what is painted behind it
+# (the first ancestor's background colours, alpha-blended down from the page), by the WCAG 2.1
+# formula; returns the pieces below the threshold. MathJax output and SVG icons are coloured
+# through their container, which is checked instead.
+CONTRAST_JS = r"""
+([minContrast, minLarge]) => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\(([^)]+)\)/);
+    if (!m) return null;
+    const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const over = (top, bottom) => ({
+    r: top.r * top.a + bottom.r * (1 - top.a), g: top.g * top.a + bottom.g * (1 - top.a),
+    b: top.b * top.a + bottom.b * (1 - top.a), a: 1});
+  const luminance = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const backdrop = (el) => {
+    const chain = [];
+    for (let node = el; node; node = node.parentElement) chain.push(getComputedStyle(node).backgroundColor);
+    let colour = {r: 255, g: 255, b: 255, a: 1};  // the canvas behind <html>
+    for (const c of chain.reverse()) { const p = parse(c); if (p && p.a > 0) colour = over(p, colour); }
+    return colour;
+  };
+  const skip = 'script, style, noscript, template, svg, mjx-container, .visually-hidden, .headerlink';
+  const failures = [];
+  const seen = new Set();
+  const walker = document.createTreeWalker(document.querySelector('article') || document.body,
+                                           NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    if (!node.nodeValue.trim()) continue;
+    const el = node.parentElement;
+    if (!el || seen.has(el) || el.closest(skip)) continue;
+    seen.add(el);
+    if (!(el.checkVisibility({checkVisibilityCSS: true}) && el.getBoundingClientRect().height > 0)) continue;
+    const style = getComputedStyle(el);
+    const back = backdrop(el);
+    const fore = over(parse(style.color), back);
+    const [hi, lo] = [luminance(fore), luminance(back)].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+    const needed = size >= 24 || (bold && size >= 18.66) ? minLarge : minContrast;
+    if (ratio < needed) {
+      const where = el.closest('.admonition, table, .cell_output, .cell_input, figure, dl, li, p');
+      failures.push({ratio: Math.round(ratio * 100) / 100, needed, color: style.color,
+                     background: `rgb(${Math.round(back.r)}, ${Math.round(back.g)}, ${Math.round(back.b)})`,
+                     text: node.nodeValue.trim().slice(0, 50),
+                     where: where ? where.tagName.toLowerCase() + '.' + [...where.classList].join('.') : el.tagName});
+    }
+  }
+  const mathRoots = [...document.querySelectorAll('article mjx-container')];
+  for (const el of mathRoots) {
+    if (!(el.checkVisibility({checkVisibilityCSS: true}) && el.getBoundingClientRect().height > 0)) continue;
+    const back = backdrop(el), fore = over(parse(getComputedStyle(el).color), back);
+    const [hi, lo] = [luminance(fore), luminance(back)].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < minContrast) failures.push({ratio: Math.round(ratio * 100) / 100, needed: minContrast,
+      color: getComputedStyle(el).color, text: 'maths', where: 'mjx-container', background: ''});
+  }
+  return failures;
 }
 """
 
@@ -260,9 +372,13 @@ class Site:
         self._current: RenderedPage | None = None
         self._cache: dict[str, RenderedPage] = {}
 
-    def new_context(self):
-        """A browser context whose requests go to the local server only (MathJax aside)."""
-        context = self.browser.new_context(viewport=VIEWPORT, service_workers="block")
+    def new_context(self, mode: str = "light"):
+        """A browser context whose requests go to the local server only (MathJax aside), whose
+        system colour preference is `mode` ("light" or "dark")."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        context = self.browser.new_context(viewport=VIEWPORT, service_workers="block",
+                                           color_scheme=mode)
         context.set_default_timeout(TIMEOUT_MS)
         context.route("**/*", self._route)
         return context
@@ -282,16 +398,19 @@ class Site:
             self._current.blocked_requests.append(url)
         route.abort("blockedbyclient")
 
-    def render(self, page: TocPage) -> RenderedPage:
-        """Open `page`, wait for its images and MathJax, collect what it shows, screenshot it."""
-        if page.docname in self._cache:
-            return self._cache[page.docname]
+    def render(self, page: TocPage, mode: str = "light") -> RenderedPage:
+        """Open `page` in colour mode `mode`, wait for its images and MathJax, collect what it
+        shows, screenshot it (NAME.png, or NAME-dark.png), then open every dropdown and hidden
+        cell and measure the contrast of all the text."""
+        key = (page.docname, mode)
+        if key in self._cache:
+            return self._cache[key]
         if not page.html.exists():
             pytest.fail(f"{page.html} was not built although _toc.yml lists it: "
                         "run `make book`", pytrace=False)
-        result = RenderedPage(page=page, url=self.url + page.url_path)
+        result = RenderedPage(page=page, url=self.url + page.url_path, mode=mode)
         self._current = result
-        context = self.new_context()
+        context = self.new_context(mode)
         tab = context.new_page()
         tab.on("pageerror", lambda error: result.page_errors.append(str(error)))
         tab.on("console", lambda msg: msg.type == "error" and result.console_errors.append(
@@ -307,12 +426,15 @@ class Site:
             # Let late requests (MathJax's fonts and menu, the theme's scripts) finish first.
             tab.wait_for_load_state("networkidle")
             result.dom = tab.evaluate(COLLECT_JS)
-            result.screenshot = SCREENSHOTS / f"{page.name}.png"
+            suffix = "" if mode == "light" else f"-{mode}"
+            result.screenshot = SCREENSHOTS / f"{page.name}{suffix}.png"
             tab.screenshot(path=str(result.screenshot), full_page=True)
+            result.opened = tab.evaluate(OPEN_ALL_JS)
+            result.low_contrast = tab.evaluate(CONTRAST_JS, [MIN_CONTRAST, MIN_CONTRAST_LARGE])
         finally:
             context.close()
             self._current = None
-        self._cache[page.docname] = result
+        self._cache[key] = result
         return result
 
 

@@ -1,8 +1,9 @@
 """The rendered book as a reader sees it: every page of `_toc.yml` in headless Chromium.
 
 Run by `make site` (after `make book`); `make unit` does not collect this folder. Each page is
-opened once (see conftest.py); each test below judges one aspect of what the browser saw, so a
-failure names the page and the problem. Screenshots land in `_build/screenshots/NAME.png`.
+opened once in each colour mode of the theme, light and dark (see conftest.py); each test below
+judges one aspect of what the browser saw, so a failure names the page, the mode and the problem.
+Screenshots land in `_build/screenshots/NAME.png` (light) and `NAME-dark.png` (dark).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import re
 
 import pytest
 
-from sitecheck import HTML, PROOF_TYPES, ROOT, RenderedPage, TocPage, html_ids, local_target, toc_pages
+from sitecheck import HTML, MODES, PROOF_TYPES, ROOT, RenderedPage, TocPage, html_ids, local_target, toc_pages
 
 PAGES = toc_pages()
+VIEWS = [(page, mode) for page in PAGES for mode in MODES]
 COLAB = "https://colab.research.google.com/github/icl-book/learning-without-training/blob/main/book/{}.ipynb"
 COLAB_ANY = re.compile(r"^https://colab\.research\.google\.com/github/icl-book/"
                        r"learning-without-training/blob/main/book/(?P<name>[A-Za-z0-9_]+)\.ipynb$")
@@ -39,9 +41,10 @@ RAW_MYST = {
 }
 
 
-@pytest.fixture(params=PAGES, ids=[page.name for page in PAGES])
+@pytest.fixture(params=VIEWS, ids=[f"{page.name}-{mode}" for page, mode in VIEWS])
 def rendered(request, site) -> RenderedPage:
-    return site.render(request.param)
+    page, mode = request.param
+    return site.render(page, mode)
 
 
 def context_of(text: str, match: re.Match, width: int = 50) -> str:
@@ -183,3 +186,57 @@ def test_screenshot_saved(rendered):
         # A blank page is one colour: a rendered page has text, so many distinct colours.
         colours = image.convert("RGB").resize((200, 200)).getcolors(maxcolors=200 * 200)
         assert len(colours) > 20, f"{rendered.screenshot} looks blank"
+
+
+def test_page_is_in_the_requested_colour_mode(rendered):
+    assert rendered.dom["theme"] == rendered.mode, (
+        f"{rendered.url}: opened with the system preference {rendered.mode!r} but the theme shows "
+        f"{rendered.dom['theme']!r}")
+
+
+def test_text_is_readable(rendered):
+    """Every visible text, with dropdowns and hidden cells opened, has WCAG AA contrast against
+    what is painted behind it (4.5:1, large text 3:1), in light and in dark mode."""
+    faint = [f"{f['ratio']} < {f['needed']}: {f['color']} on {f['background']} in {f['where']}: "
+             f"{f['text']!r}" for f in rendered.low_contrast]
+    assert not faint, (f"{rendered.url} ({rendered.mode} mode): text with too little contrast:\n"
+                       + "\n".join(faint[:25]))
+
+
+def test_figures_sit_on_a_light_background(rendered):
+    """A figure's axes, labels and legends are drawn dark on white (matplotlib's default): in dark
+    mode each figure keeps a light background of its own (book/_static/custom.css)."""
+    if rendered.mode != "dark":
+        pytest.skip("light mode: the page itself is white")
+    for figure in rendered.dom["figures"]:
+        match = re.match(r"rgba?\(([\d.]+),\s*([\d.]+),\s*([\d.]+)(?:,\s*([\d.]+))?", figure["background"])
+        assert match, figure
+        r, g, b = (float(v) for v in match.groups()[:3])
+        alpha = float(match.group(4)) if match.group(4) is not None else 1.0
+        assert alpha == 1.0 and min(r, g, b) >= 230, (
+            f"{rendered.url}: figure {figure['src']} has background {figure['background']} in dark mode")
+
+
+EXERCISE_DIRECTIVE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})\{exercise\}", re.MULTILINE)
+SOLUTION_DIRECTIVE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})\{solution(?:-start)?\}[ \t]*(?P<target>\S+)",
+                                re.MULTILINE)
+
+
+def test_exercises_render_with_their_solutions_hidden(rendered):
+    """Each {exercise} of the source is a visible box; each solution names its exercise, starts
+    collapsed (a dropdown), and opens when clicked."""
+    source = source_markdown(rendered.page)
+    wanted_exercises = EXERCISE_DIRECTIVE.findall(source)
+    wanted_solutions = [m["target"] for m in SOLUTION_DIRECTIVE.finditer(source)]
+    exercises, solutions = rendered.dom["exercises"], rendered.dom["solutions"]
+    assert len(exercises) == len(wanted_exercises), (
+        f"{rendered.url}: {len(wanted_exercises)} exercise directives but {len(exercises)} boxes")
+    assert all(box["visible"] and box["title"].startswith("Exercise") for box in exercises), exercises
+    assert [s["exercise"] for s in solutions] == wanted_solutions, (
+        f"{rendered.url}: solutions link to {[s['exercise'] for s in solutions]}, "
+        f"the source has {wanted_solutions}")
+    for solution in solutions:
+        assert solution["dropdown"] and solution["contentVisible"] is False, (
+            f"{rendered.url}: the solution of {solution['exercise']} is not hidden by default")
+    assert rendered.opened.get("visible") == len(solutions), (
+        f"{rendered.url}: after clicking, {rendered.opened} solutions are visible")

@@ -1,0 +1,297 @@
+"""The book's plotting helpers: schematics of the blocks whose context becomes a weight update.
+
+Two pictures, drawn with matplotlib from code (the book ships no image files):
+
+* :func:`contextual_block_schematic`: the plain contextual block ``T_W = M_W ∘ A`` of
+  Dherin et al. (2025), run on the whole prompt ``[c_1, ..., c_N, x]`` and, below it, on the
+  query alone with the patched weight ``W + ΔW``; both give the same output (chapters 1 and 2);
+* :func:`residual_block_schematic`: the pre-LN residual block of Innocenti & Achour (2025), whose
+  context becomes two patches, ``ΔW`` of the MLP's first weight and ``Δb′`` of its output bias
+  (chapter 7).
+
+Both return the :class:`matplotlib.figure.Figure` they drew on. Every box is a
+``FancyBboxPatch`` whose ``gid`` is ``"box:NAME"`` and every box label a ``Text`` whose ``gid`` is
+``"label:NAME"``, so tests (and readers) can find the parts of a drawing by name. The figures
+keep matplotlib's white background, so they read the same in the book's light and dark modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.path import Path
+
+__all__ = ["contextual_block_schematic", "residual_block_schematic"]
+
+# Colours: the prompted path in blue, the query-alone path in grey, the patched parts in red.
+_PROMPT = "#dbe8f6"
+_ALONE = "#eeeeee"
+_PATCH = "#f9d9d4"
+_PATCH_EDGE = "#b2321f"
+_TOKEN = "#ffffff"
+_TEXT = "#1a1a1a"
+_FONT = 10.5
+
+
+@dataclass(frozen=True)
+class _Box:
+    """A box in data coordinates: centre ``(x, y)``, width ``w``, height ``h``."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def left(self) -> float:
+        return self.x - self.w / 2
+
+    @property
+    def right(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def top(self) -> float:
+        return self.y + self.h / 2
+
+    @property
+    def bottom(self) -> float:
+        return self.y - self.h / 2
+
+
+class _Diagram:
+    """Boxes and arrows on one axes whose data coordinates are the drawing's units."""
+
+    def __init__(self, ax: Axes, width: float, height: float):
+        self.ax = ax
+        self.boxes: dict[str, _Box] = {}
+        ax.set_xlim(0, width)
+        ax.set_ylim(0, height)
+        ax.set_aspect("equal")
+        ax.axis("off")
+
+    def box(self, name: str, x: float, y: float, text: str, w: float, h: float = 0.62,
+            face: str = _PROMPT, edge: str = _TEXT, size: float = _FONT, round_corners: bool = True,
+            dashed: bool = False) -> _Box:
+        """Draw the labelled box ``name`` centred at ``(x, y)``; names are unique."""
+        if name in self.boxes:
+            raise ValueError(f"the drawing already has a box named {name!r}")
+        style = "round,pad=0,rounding_size=0.12" if round_corners else "square,pad=0"
+        patch = FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=style, facecolor=face,
+                               edgecolor=edge, linewidth=1.6 if edge == _PATCH_EDGE else 1.0,
+                               linestyle="--" if dashed else "-", zorder=2)
+        patch.set_gid(f"box:{name}")
+        self.ax.add_patch(patch)
+        label = self.ax.text(x, y, text, ha="center", va="center", fontsize=size, color=_TEXT,
+                             zorder=3)
+        label.set_gid(f"label:{name}")
+        self.boxes[name] = _Box(x, y, w, h)
+        return self.boxes[name]
+
+    def arrow(self, start: tuple[float, float], end: tuple[float, float], label: str | None = None,
+              label_offset: tuple[float, float] = (0.0, 0.2), color: str = _TEXT,
+              connection: str = "arc3", dashed: bool = False, size: float = _FONT - 1) -> None:
+        """An arrow from ``start`` to ``end`` (data coordinates), optionally labelled at its middle."""
+        patch = FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=11, color=color,
+                                linewidth=1.0, connectionstyle=connection,
+                                linestyle="--" if dashed else "-", shrinkA=0, shrinkB=0, zorder=1)
+        self.ax.add_patch(patch)
+        if label is not None:
+            mx, my = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+            self.ax.text(mx + label_offset[0], my + label_offset[1], label, ha="center",
+                         va="bottom" if label_offset[1] >= 0 else "top", fontsize=size,
+                         color=color, zorder=3)
+
+    def link(self, a: str, b: str, label: str | None = None, **kwargs) -> None:
+        """A horizontal arrow from the right edge of box ``a`` to the left edge of box ``b``."""
+        first, second = self.boxes[a], self.boxes[b]
+        self.arrow((first.right, first.y), (second.left, second.y), label, **kwargs)
+
+    def elbow(self, start: tuple[float, float], end: tuple[float, float], level: float) -> None:
+        """An arrow from ``start`` straight to height ``level``, across, then straight to ``end``."""
+        path = Path([start, (start[0], level), (end[0], level), end])
+        patch = FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=11, color=_TEXT,
+                                linewidth=1.0, zorder=1)
+        self.ax.add_patch(patch)
+        self.ax.plot([start[0]], [start[1]], "o", color=_TEXT, markersize=3, zorder=3)
+
+    def text(self, x: float, y: float, text: str, size: float = _FONT, **kwargs) -> None:
+        kwargs.setdefault("ha", "center")
+        kwargs.setdefault("va", "center")
+        kwargs.setdefault("color", _TEXT)
+        self.ax.text(x, y, text, fontsize=size, zorder=3, **kwargs)
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The figure and axes to draw on: a new figure, or the one ``ax`` belongs to."""
+    if ax is None:
+        import matplotlib.pyplot as plt  # only here: importing icl_lib does not load pyplot
+
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
+    return ax.figure, ax
+
+
+def _tokens(d: _Diagram, y: float, names: list[tuple[str, str]], start: float, width: float = 0.62,
+            gap: float = 0.1) -> tuple[float, float]:
+    """A row of token boxes from ``start``; returns the x of its left and right edges."""
+    x = start + width / 2
+    for name, text in names:
+        d.box(name, x, y, text, w=width, face=_TOKEN, round_corners=False)
+        x += width + gap
+    return start, x - gap
+
+
+def contextual_block_schematic(ax: Axes | None = None) -> Figure:
+    """Draw the contextual block ``T_W = M_W ∘ A`` and its rank-one patch.
+
+    Top row: the prompt ``[c_1, ..., c_N, x]`` goes through the contextual layer ``A``; the MLP
+    receives ``A(C, x)``, applies its first dense layer ``W · + b`` and then the rest ``f_θ``,
+    giving ``T_W(C, x)``. Bottom row: the query ``x`` alone goes through the same ``A``, giving
+    ``A(x)``; the first layer's weight is ``W + ΔW`` with
+    ``ΔW = W (A(C, x) − A(x)) A(x)ᵀ / ‖A(x)‖²``, and the output is ``T_{W+ΔW}(x)``, equal to the
+    top row's (Dherin et al., 2025, Theorem 2.2).
+
+    Args:
+        ax: the axes to draw on; by default a new figure of 10 x 3.9 inches.
+
+    Returns:
+        The figure drawn on.
+
+    Raises:
+        TypeError: if ``ax`` is neither ``None`` nor a matplotlib ``Axes``.
+    """
+    fig, ax = _axes(ax, (10.0, 3.9))
+    d = _Diagram(ax, 15.4, 6.0)
+    top, bottom = 4.35, 1.45
+
+    # Row labels.
+    d.text(0.05, top + 0.75, "with the context", size=_FONT - 0.5, ha="left", style="italic")
+    d.text(0.05, bottom + 0.75, "query alone", size=_FONT - 0.5, ha="left", style="italic")
+
+    # The prompt: c_1, c_2, ..., c_N, x.
+    names = [("c1", "$c_1$"), ("c2", "$c_2$"), ("dots", r"$\cdots$"), ("cN", "$c_N$"), ("query", "$x$")]
+    _, right = _tokens(d, top, names, start=0.1)
+    d.box("query alone", 0.1 + 4 * 0.72 + 0.31, bottom, "$x$", w=0.62, face=_TOKEN, round_corners=False)
+    d.text((0.1 + right) / 2, top - 0.62, r"context $C$, then the query $x$", size=_FONT - 1.5)
+
+    x_layer, x_first, x_rest, x_out = 5.4, 9.0, 11.55, 13.95
+    d.box("A (prompt)", x_layer, top, "$A$", w=1.0)
+    d.box("A (alone)", x_layer, bottom, "$A$", w=1.0, face=_ALONE)
+    d.box("W", x_first, top, r"$W\cdot{+}\,b$", w=1.7)
+    d.box("W+dW", x_first, bottom, r"$(W + \Delta W)\cdot{+}\,b$", w=2.6, face=_PATCH,
+          edge=_PATCH_EDGE)
+    d.box("f (prompt)", x_rest, top, r"$f_\theta$", w=1.0)
+    d.box("f (alone)", x_rest, bottom, r"$f_\theta$", w=1.0, face=_ALONE)
+    d.box("out (prompt)", x_out, top, "$T_W(C, x)$", w=2.0, face=_TOKEN)
+    d.box("out (alone)", x_out, bottom, r"$T_{W+\Delta W}(x)$", w=2.0, face=_TOKEN)
+
+    d.arrow((right + 0.05, top), (d.boxes["A (prompt)"].left, top))
+    d.link("query alone", "A (alone)")
+    d.link("A (prompt)", "W", "$A(C, x)$")
+    d.link("A (alone)", "W+dW", "$A(x)$")
+    d.link("W", "f (prompt)")
+    d.link("W+dW", "f (alone)")
+    d.link("f (prompt)", "out (prompt)")
+    d.link("f (alone)", "out (alone)")
+
+    # The two outputs are equal.
+    d.text(x_out, (top + bottom) / 2, "$=$", size=_FONT + 6)
+    # The patch, computed from the two vectors A reads at the query.
+    d.text((x_layer + x_first) / 2 + 0.35, (top + bottom) / 2 + 0.05,
+           r"$\Delta W = \dfrac{W\,(A(C, x) - A(x))\,A(x)^\top}{\Vert A(x)\Vert^2}$",
+           size=_FONT, color=_PATCH_EDGE)
+    d.text(x_first + 0.05, bottom - 0.7, "rank one, computed from one forward pass",
+           size=_FONT - 1.5, color=_PATCH_EDGE)
+    d.text((x_first + x_rest) / 2 + 0.1, top - 0.72, r"$M_W(z) = f_\theta(W z + b)$, the MLP",
+           size=_FONT - 1.5)
+    return fig
+
+
+def residual_block_schematic(ax: Axes | None = None) -> Figure:
+    """Draw the pre-LN residual block and its two patches ``ΔW`` and ``Δb′``.
+
+    Top row: at the query's position ``T`` of the prompt, the residual stream is
+    ``h_T = z_T + A(LN₁ z)_T``; the MLP ``W_out φ(W · + b) + b′`` reads ``LN₂ h_T`` and its output
+    is added to ``h_T``, giving ``out_T``. Bottom row: the query ``x`` alone, with residual stream
+    ``h_x`` and MLP input ``m_x = LN₂ h_x``, through the block with ``W + ΔW`` and ``b′ + Δb′``:
+    ``ΔW = W (LN₂ h_T − m_x) m_xᵀ / ‖m_x‖²`` and ``Δb′ = h_T − h_x``. The output is ``out_T``
+    again (Innocenti & Achour, 2025).
+
+    Args:
+        ax: the axes to draw on; by default a new figure of 10 x 4.3 inches.
+
+    Returns:
+        The figure drawn on.
+
+    Raises:
+        TypeError: if ``ax`` is neither ``None`` nor a matplotlib ``Axes``.
+    """
+    fig, ax = _axes(ax, (10.0, 4.3))
+    d = _Diagram(ax, 16.4, 6.9)
+    top, bottom = 4.55, 1.55
+    xs = {"in": 0.75, "ln1": 2.3, "A": 3.75, "add1": 5.15, "ln2": 6.8, "W": 8.7, "phi": 10.35,
+          "Wout": 12.25, "add2": 14.0, "out": 15.3}
+    small = _FONT - 1.5
+
+    d.text(0.05, top + 1.45, "prompt, read at the query's position $T$", size=_FONT - 0.5,
+           ha="left", style="italic")
+    d.text(0.05, bottom - 1.3, "query alone", size=_FONT - 0.5, ha="left", style="italic")
+
+    rows = (("prompt", top, "$z_{1..T}$", _PROMPT, "W", r"$W\cdot{+}\,b$", 1.45, "Wout",
+             r"$W_{\mathrm{out}}\cdot{+}\,b'$", 1.95, _PROMPT, "$\\mathrm{out}_T$"),
+            ("alone", bottom, "$x$", _ALONE, "W+dW", r"$(W{+}\Delta W)\cdot{+}\,b$", 2.3,
+             "Wout+db", r"$W_{\mathrm{out}}\cdot{+}\,(b'{+}\Delta b')$", 2.7, _PATCH,
+             "$\\mathrm{out}_T$"))
+    for row, y, token, face, w_name, w_text, w_width, o_name, o_text, o_width, o_face, out in rows:
+        patched = row == "alone"
+        shift = 0.25 if patched else 0.0  # the patched boxes are wider: move the tail right
+        d.box(f"in ({row})", xs["in"], y, token, w=1.15 if not patched else 0.62, face=_TOKEN,
+              round_corners=False)
+        d.box(f"LN1 ({row})", xs["ln1"], y, r"$\mathrm{LN}_1$", w=0.95, face=face)
+        d.box(f"A ({row})", xs["A"], y, "$A$", w=0.8, face=face)
+        d.box(f"add1 ({row})", xs["add1"], y, "$+$", w=0.5, h=0.5, face=_TOKEN)
+        d.box(f"LN2 ({row})", xs["ln2"], y, r"$\mathrm{LN}_2$", w=0.95, face=face)
+        d.box(w_name, xs["W"] + shift, y, w_text, w=w_width, face=_PATCH if patched else face,
+              edge=_PATCH_EDGE if patched else _TEXT, size=_FONT - 1)
+        d.box(f"phi ({row})", xs["phi"] + shift, y, r"$\varphi$", w=0.6, face=face)
+        d.box(o_name, xs["Wout"] + shift, y, o_text, w=o_width, face=o_face,
+              edge=_PATCH_EDGE if patched else _TEXT, size=_FONT - 1)
+        d.box(f"add2 ({row})", xs["add2"] + shift, y, "$+$", w=0.5, h=0.5, face=_TOKEN)
+        d.box(f"out ({row})", xs["out"] + shift, y, out, w=0.95, face=_TOKEN, round_corners=False)
+        chain = [f"in ({row})", f"LN1 ({row})", f"A ({row})", f"add1 ({row})", f"LN2 ({row})",
+                 w_name, f"phi ({row})", o_name, f"add2 ({row})", f"out ({row})"]
+        for a, b in zip(chain, chain[1:]):
+            d.link(a, b)
+        # The two residual connections: over the prompt's row, under the query's.
+        sign = 1 if not patched else -1
+        add1, add2 = d.boxes[f"add1 ({row})"], d.boxes[f"add2 ({row})"]
+        branch1 = (d.boxes[f"in ({row})"].right + 0.18, y)
+        branch2 = ((add1.right + d.boxes[f"LN2 ({row})"].left) / 2, y)
+        d.elbow(branch1, (add1.x, y + sign * add1.h / 2), y + sign * 0.8)
+        d.elbow(branch2, (add2.x, y + sign * add2.h / 2), y + sign * 0.8)
+        d.text(branch2[0], y - sign * 0.45, "$h_T$" if not patched else "$h_x$", size=small)
+        mlp_in = (d.boxes[f"LN2 ({row})"].right + d.boxes[w_name].left) / 2
+        d.text(mlp_in, y - sign * 0.45, r"$\mathrm{LN}_2 h_T$" if not patched else "$m_x$",
+               size=small)
+
+    # Where the residual arcs run, to keep labels off them.
+    d.text((xs["ln1"] + xs["A"]) / 2, top + 1.05, "residual", size=small, color="0.35")
+    d.text((xs["W"] + xs["Wout"]) / 2, top + 1.05, "residual (around the MLP)", size=small,
+           color="0.35")
+    d.text((xs["in"] + xs["A"]) / 2 + 0.4, (top + bottom) / 2 + 0.32,
+           "the same $\\mathrm{LN}_1$, $A$, $\\mathrm{LN}_2$, $\\varphi$", size=small, color="0.35")
+    d.text((xs["in"] + xs["A"]) / 2 + 0.4, (top + bottom) / 2 - 0.18, "in both rows", size=small,
+           color="0.35")
+    d.text(xs["W"] + 1.15, (top + bottom) / 2 + 0.28,
+           r"$\Delta W = \dfrac{W\,(\mathrm{LN}_2 h_T - m_x)\,m_x^\top}{\Vert m_x\Vert^2}$",
+           size=_FONT - 0.5, color=_PATCH_EDGE)
+    d.text(xs["Wout"] + 1.35, (top + bottom) / 2 - 0.3, r"$\Delta b' = h_T - h_x$",
+           size=_FONT - 0.5, color=_PATCH_EDGE)
+    d.text(xs["out"] - 0.2, (top + bottom) / 2 + 0.1, "$=$", size=_FONT + 6)
+    return fig
