@@ -23,6 +23,9 @@ shapes of the public implementation's table (``BLOCK_GRID``), bidirectional and 
     tokens[:, -1:])``, in ms and as the ratio to one forward pass, beside the public
     implementation's figures (``PEER_MS``): target at least 3 × faster.
 
+A third section, (h), measures the patches of the pretrained SmolLM2 against one forward pass
+(:mod:`icl_lib.bench_llm`).
+
 The sections are listed in ``SECTIONS`` (``--sections`` runs some of them); a new section is one
 function added there.
 
@@ -1039,9 +1042,17 @@ def _block_section(args: argparse.Namespace, device: torch.device, dtypes: Seque
 # The benchmark's sections, in the order they run (``--sections`` picks some). A section is a
 # function ``(args, device, dtypes) -> bool`` that prints its tables and PASS/MISS lines and returns
 # whether its correctness checks passed; a new one is added here and gets its options in _parser.
+def _language_model_section(args: argparse.Namespace, device: torch.device, dtypes: Sequence[torch.dtype]) -> bool:
+    """(h) on the pretrained SmolLM2 (:mod:`icl_lib.bench_llm`)."""
+    from .bench_llm import language_model_section
+
+    return language_model_section(args, device, dtypes)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device, Sequence[torch.dtype]], bool]] = {
     "grid": _grid_section,
     "block": _block_section,
+    "llm": _language_model_section,
 }
 
 
@@ -1061,7 +1072,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all): "
-        "grid = (a)-(e) on stacks, block = (f), (g) on one block",
+        "grid = (a)-(e) on stacks, block = (f), (g) on one block, llm = (h) on the pretrained SmolLM2",
     )
     parser.add_argument(
         "--naive-max-mib",

@@ -182,8 +182,9 @@ def _single_token(tokenizer, word: str, what: str) -> int:
     return ids[0]
 
 
-def task_prompts(task: FewShotTask, tokenizer, n_examples: int) -> TaskPrompts:
-    """Tokenise every query's prompt after ``n_examples`` demonstrations.
+def task_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: int | None = None) -> TaskPrompts:
+    """Tokenise the prompts of the first ``n_queries`` queries (default all) after ``n_examples``
+    demonstrations.
 
     Raises ``ValueError`` if an item or a demonstration answer is not a single token, or if the
     prompts do not share one layout (then the positions of the kept tokens would not align).
@@ -196,13 +197,17 @@ def task_prompts(task: FewShotTask, tokenizer, n_examples: int) -> TaskPrompts:
     for item, answer in task.demonstrations[: (pool if task.retrieval else n_examples)]:
         _single_token(tokenizer, item, "demonstration item")
         _single_token(tokenizer, answer, "demonstration answer")
+    n = len(task.queries) if n_queries is None else n_queries
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(task.queries):
+        raise ValueError(f"n_queries must be an int in [1, {len(task.queries)}], got {n_queries!r}")
+    queries = task.queries[:n]
     rows, answers = [], []
-    for q, (item, answer) in enumerate(task.queries):
+    for q, (item, answer) in enumerate(queries):
         _single_token(tokenizer, item, "query item")
         rows.append(tokenizer(task.prompt(q, n_examples), add_special_tokens=False).input_ids)
         answers.append(tuple(dict.fromkeys(tokenizer(" " + a, add_special_tokens=False).input_ids[0]
                                            for a in answer.split("/"))))
-    query_line = [tokenizer(task.line(item), add_special_tokens=False).input_ids for item, _ in task.queries]
+    query_line = [tokenizer(task.line(item), add_special_tokens=False).input_ids for item, _ in queries]
     example_line = tokenizer(task.line(*task.demonstrations[0]), add_special_tokens=False).input_ids
     kept, per_example = len(query_line[0]), len(example_line)
     if len({len(r) for r in rows}) != 1 or len({len(line) for line in query_line}) != 1:
@@ -213,7 +218,7 @@ def task_prompts(task: FewShotTask, tokenizer, n_examples: int) -> TaskPrompts:
         if row[-kept:] != line:
             raise ValueError(f"task {task.name!r}: the query line does not tokenise the same inside the prompt")
     item_position = kept - 2  # "... <item>:" : the item is the token before the colon
-    for line, (item, _) in zip(query_line, task.queries):
+    for line, (item, _) in zip(query_line, queries):
         if line[item_position] != _single_token(tokenizer, item, "query item"):
             raise ValueError(f"task {task.name!r}: in {task.line(item)!r} the item is not the token before the colon")
     return TaskPrompts(
