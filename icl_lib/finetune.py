@@ -161,15 +161,16 @@ def finetune_first_weight(
 
     weight = w0.expand(b, k, *w0.shape).clone().requires_grad_(True)
     context_history, query_history = [], []
-    for step in range(steps + 1):
-        ctx, pred_q = losses(weight)
-        context_history.append(ctx.detach())
-        query_history.append(0.5 * (pred_q.detach() - tasks.targets[:, None]) ** 2)
-        if step == steps:
-            break
-        (grad,) = torch.autograd.grad(ctx.sum(), weight)
-        with torch.no_grad():
-            weight -= lr * grad
+    with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+        for step in range(steps + 1):
+            ctx, pred_q = losses(weight)
+            context_history.append(ctx.detach())
+            query_history.append(0.5 * (pred_q.detach() - tasks.targets[:, None]) ** 2)
+            if step == steps:
+                break
+            (grad,) = torch.autograd.grad(ctx.sum(), weight)
+            with torch.no_grad():
+                weight -= lr * grad
     return FineTuneResult(
         n_examples=n_ex,
         delta_W=(weight.detach() - w0),
@@ -252,8 +253,9 @@ def finetune_online(block: nn.Module, tasks: RegressionBatch, *, lr: float | Ten
         queries.append(prediction(weight, m_q, h_q))
     for i in range(n):
         h_i = None if h_ctx is None else h_ctx[:, i]
-        loss = 0.5 * (prediction(weight, m_ctx[:, i], h_i) - tasks.y_context[:, i]) ** 2  # (B,)
-        (grad,) = torch.autograd.grad(loss.sum(), weight)
+        with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+            loss = 0.5 * (prediction(weight, m_ctx[:, i], h_i) - tasks.y_context[:, i]) ** 2  # (B,)
+            (grad,) = torch.autograd.grad(loss.sum(), weight)
         with torch.no_grad():
             weight -= rate * grad
             example_losses.append(loss.detach())
@@ -342,12 +344,13 @@ def distill_first_weight(
 
     weight = w0.expand(b, k, *w0.shape).clone().requires_grad_(True)
     history = []
-    for step in range(steps + 1):
-        loss = loss_of(weight)
-        history.append(loss.detach())
-        if step == steps:
-            break
-        (grad,) = torch.autograd.grad(loss.sum(), weight)
-        with torch.no_grad():
-            weight -= rate * grad
+    with torch.enable_grad():  # also when the caller runs under torch.no_grad()
+        for step in range(steps + 1):
+            loss = loss_of(weight)
+            history.append(loss.detach())
+            if step == steps:
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), weight)
+            with torch.no_grad():
+                weight -= rate * grad
     return DistillationResult(delta_W=weight.detach() - w0, loss=torch.stack(history))

@@ -221,3 +221,22 @@ def test_distillation_bad_inputs():
         icl.distill_first_weight(block, query, targets, steps=-1, lr=0.1)
     with pytest.raises(ValueError, match="lr"):
         icl.distill_first_weight(block, query, targets, steps=1, lr=-0.1)
+
+
+def test_every_protocol_runs_under_no_grad():
+    block, tasks = setup()
+    query = tasks.tokens[:, -1:]
+    targets = torch.zeros(4, 1, 3, dtype=torch.float64)
+    want = (
+        icl.finetune_first_weight(block, tasks, [3], steps=2, lr=0.1).delta_W,
+        icl.finetune_online(block, tasks, lr=0.1).delta_W,
+        icl.distill_first_weight(block, query, targets, steps=2, lr=0.1).delta_W,
+    )
+    with torch.no_grad():
+        got = (
+            icl.finetune_first_weight(block, tasks, [3], steps=2, lr=0.1).delta_W,
+            icl.finetune_online(block, tasks, lr=0.1).delta_W,
+            icl.distill_first_weight(block, query, targets, steps=2, lr=0.1).delta_W,
+        )
+    for g, w in zip(got, want):
+        assert torch.equal(g, w) and g.abs().max() > 0
