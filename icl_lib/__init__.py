@@ -45,7 +45,14 @@ from .compression import (
 from .contextual import LinearAttention, RecurrentLayer, SelfAttention
 from .deep import deep_regression_config, encoder_stack
 from .evaluation import ContextCurve, context_length_curve, predictions_over_queries
-from .finetune import FineTuneResult, finetune_first_weight
+from .finetune import (
+    DistillationResult,
+    FineTuneResult,
+    OnlineFineTuneResult,
+    distill_first_weight,
+    finetune_first_weight,
+    finetune_online,
+)
 from .implicit import (
     ImplicitUpdate,
     block_inputs,
@@ -55,7 +62,7 @@ from .implicit import (
     network_update,
 )
 from .memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
-from .metrics import frobenius_alignment, relative_error
+from .metrics import alignment_factors, frobenius_alignment, relative_error
 from .seeding import seed_everything
 from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
@@ -124,7 +131,12 @@ __all__ = [
     "zero_predictor_loss",
     "FineTuneResult",
     "finetune_first_weight",
+    "OnlineFineTuneResult",
+    "finetune_online",
+    "DistillationResult",
+    "distill_first_weight",
     "frobenius_alignment",
+    "alignment_factors",
     "relative_error",
     # measurements of the later chapters
     "mean_sem",

@@ -1,38 +1,45 @@
-"""Symbolic checks, with sympy, of the two exact results of Dherin et al. (2025).
+"""Symbolic checks, with sympy, of the exact results of Dherin et al. (2025) the book uses.
 
 The first is their theorem that a context acts on a contextual block as a rank-one update of
 the first MLP weight (chapter 2 of the book, "The theorem and its proof"); the second, their
 proposition that absorbing the context one token at a time is a sequence of gradient steps
-(chapter 3, "Implicit learning dynamics").
+(chapter 3, "Implicit learning dynamics"). The third is the book's own: the matrix cosine of
+any ``F`` with a rank-one update factors into a cosine at one vector and a share of ``F``
+(chapter 6, "Fine-tuning versus the implicit update").
 
 Every result of this module is a list of :class:`ProofStep`. A step holds two sympy
 expressions ``lhs`` and ``rhs`` and a flag ``verified`` that is ``True`` only when sympy
 reduced ``lhs - rhs`` to exactly zero. Nothing is marked verified by hand.
 
-Notation (as in chapters 1-3 of the book)
------------------------------------------
-* ``W`` (m x n) and ``b`` (m x 1): weight and bias of the MLP's first dense layer.
+Notation (as in the book's chapters)
+------------------------------------
+* ``W`` (H x D) and ``b`` (H x 1): weight and bias of the MLP's first dense layer.
 * ``f``: the rest of the block, ``f_θ``, an undefined sympy function.
-* ``a = A(C∖Y, x)`` (n x 1), the layer output without the part ``Y`` of the context,
+* ``a = A(C∖Y, x)`` (D x 1), the layer output without the part ``Y`` of the context,
   assumed non-zero; ``s = ‖a‖² = aᵀa``.
-* ``δ = A(C, x) − A(C∖Y, x)`` (n x 1), so that ``A(C, x) = a + δ``.
-* ``ΔW = (W δ) aᵀ / ‖a‖²`` (m x n), the rank-1 update of the theorem.
-* Dynamics: ``A_i = A(c_1..c_i, x)`` (n x 1), ``A_0 = A(x)``, ``h = 1/‖A_0‖²``,
-  ``W_i = W_0 + W_0 (A_i − A_0) A_0ᵀ h``, ``Δ_i = W_0 (A_i − A_{i+1}) A_0ᵀ``,
+* ``δ = A(C, x) − A(C∖Y, x)`` (D x 1), so that ``A(C, x) = a + δ``.
+* ``ΔW = (W δ) aᵀ / ‖a‖²`` (H x D), the rank-1 update of the theorem.
+* ``E = G (I − a aᵀ/‖a‖²)`` (H x D, for a free H x D matrix ``G``): a matrix with ``E a = 0``.
+* Dynamics: ``A_i = A(c_1..c_i, x)`` (D x 1), ``A_0 = A(x)``, ``η = 1/‖A_0‖²``,
+  ``W_i = W_0 + W_0 (A_i − A_0) A_0ᵀ η``, ``Δ_i = W_0 (A_i − A_{i+1}) A_0ᵀ``,
   ``L_i(W) = trace(Δ_iᵀ W)``.
+* Alignment: any ``F`` (H x D), a rank-1 ``ΔW = u aᵀ/‖a‖²`` and ``â = a/‖a‖``.
 
-Two kinds of witness
---------------------
+Kinds of witness
+----------------
 * ``"matrix symbols, general dimension"``: ``W``, ``a``, ``δ`` ... are sympy ``MatrixSymbol``
-  of symbolic sizes ``m`` and ``n``. Sympy expands the matrix expression; the only extra
+  of symbolic sizes ``H`` and ``D``. Sympy expands the matrix expression; the only extra
   rule is that a product ``vᵀ v`` of a vector with itself (a 1 x 1 matrix) is the scalar
-  ``‖v‖²`` (``s`` for ``a``, ``1/h`` for ``A_0``). That rule is applied by
+  ``‖v‖²`` (``s`` for ``a``, ``1/η`` for ``A_0``). That rule is applied by
   :func:`_contract_squares` to the factors of every matrix product after expansion.
   Here ``f`` is an opaque function of the whole vector, not necessarily elementwise.
-* ``"explicit entries, n=.., m=.."``: every entry of every matrix and vector is its own real
+* ``"explicit entries, H=.., D=.."``: every entry of every matrix and vector is its own real
   symbol and ``f`` is applied entry by entry. All quantities are then rational functions of
   the entries (with opaque ``f(...)`` terms), so ``sympy.cancel`` decides exactly whether a
   difference is identically zero.
+* ``"scalar symbols for the norms, general dimension"``: the last step of the alignment
+  identity, where positive scalar symbols stand for the norms whose entry identities the
+  previous steps verified.
 """
 
 from __future__ import annotations
@@ -51,15 +58,21 @@ __all__ = [
     "theorem_entries",
     "dynamics_steps",
     "gated_steps",
+    "alignment_steps",
     "all_steps",
     "report",
     "GENERAL",
+    "SCALARS",
     "ExactPatch",
     "exact_patch",
 ]
 
 #: The ``method`` of steps checked with MatrixSymbols of symbolic size.
 GENERAL = "matrix symbols, general dimension"
+
+#: The ``method`` of steps about norms and inner products, with positive scalar symbols standing
+#: for the norms (valid in every dimension once the entry identities they rest on hold).
+SCALARS = "scalar symbols for the norms, general dimension"
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class ProofStep:
         lhs, rhs: the two sides that sympy compared (``rhs`` is ``0`` or a zero matrix when
             the step shows that an expression vanishes).
         verified: ``True`` iff sympy reduced ``lhs - rhs`` to exactly zero.
-        method: ``"matrix symbols, general dimension"`` or ``"explicit entries, n=.., m=.."``.
+        method: :data:`GENERAL`, :data:`SCALARS` or ``"explicit entries, H=.., D=.."``.
     """
 
     name: str
@@ -243,8 +256,8 @@ def _check_size(**sizes: int) -> None:
             raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
 
 
-def _entries_method(n: int, m: int) -> str:
-    return f"explicit entries, n={n}, m={m}"
+def _entries_method(H: int, D: int) -> str:
+    return f"explicit entries, H={H}, D={D}"
 
 
 def _matrix(name: str, rows: int, cols: int) -> sympy.Matrix:
@@ -268,25 +281,25 @@ def _squared_norm(v: sympy.Matrix) -> sympy.Expr:
 
 
 def _general_symbols() -> dict[str, sympy.Basic]:
-    """MatrixSymbols of symbolic sizes: W (m x n), a, δ, δ₁, δ₂ (n x 1), b (m x 1), B (m x n)."""
-    m, n = sympy.symbols("m n", integer=True, positive=True)
+    """MatrixSymbols of symbolic sizes: W (H x D), a, δ, δ₁, δ₂ (D x 1), b (H x 1), G (H x D)."""
+    H, D = sympy.symbols("H D", integer=True, positive=True)
     return {
-        "W": sympy.MatrixSymbol("W", m, n),
-        "B": sympy.MatrixSymbol("B", m, n),
-        "a": sympy.MatrixSymbol("a", n, 1),
-        "delta": sympy.MatrixSymbol("delta", n, 1),
-        "delta1": sympy.MatrixSymbol("delta_1", n, 1),
-        "delta2": sympy.MatrixSymbol("delta_2", n, 1),
-        "b": sympy.MatrixSymbol("b", m, 1),
+        "W": sympy.MatrixSymbol("W", H, D),
+        "G": sympy.MatrixSymbol("G", H, D),
+        "a": sympy.MatrixSymbol("a", D, 1),
+        "delta": sympy.MatrixSymbol("delta", D, 1),
+        "delta1": sympy.MatrixSymbol("delta_1", D, 1),
+        "delta2": sympy.MatrixSymbol("delta_2", D, 1),
+        "b": sympy.MatrixSymbol("b", H, 1),
         "s": sympy.Symbol(r"\|a\|^{2}", positive=True),
-        "n": n,
+        "D": D,
     }
 
 
 def _patched_preactivation_general(update: sympy.MatrixExpr) -> ProofStep:
     """Check ``(W + update) a = W (a + δ)`` in general dimension, with ``aᵀa = ‖a‖²``.
 
-    ``update`` is an (m x n) matrix expression in the symbols of :func:`_general_symbols`.
+    ``update`` is an (H x D) matrix expression in the symbols of :func:`_general_symbols`.
     With the theorem's ``ΔW = W δ aᵀ / ‖a‖²`` the step is verified; a wrong update is not.
     """
     g = _general_symbols()
@@ -305,21 +318,21 @@ def _patched_preactivation_general(update: sympy.MatrixExpr) -> ProofStep:
 def theorem_general() -> list[ProofStep]:
     """Steps of the theorem (chapter 2) with MatrixSymbols of general size.
 
-    Shapes: ``W`` (m x n), ``a``, ``δ``, ``δ₁``, ``δ₂`` (n x 1), ``b`` (m x 1), ``B`` (m x n),
+    Shapes: ``W`` (H x D), ``a``, ``δ``, ``δ₁``, ``δ₂`` (D x 1), ``b`` (H x 1), ``G`` (H x D),
     ``‖a‖²`` a positive scalar symbol standing for the 1 x 1 product ``aᵀa``; ``f`` is an
-    undefined function of the whole m-vector.
+    undefined function of the whole H-vector.
 
     Returns the steps ``patched-preactivation``, ``patched-output``, ``null-direction``,
     ``non-uniqueness``, ``corollary-full-context``, ``bias-alternative``, ``compose-sum`` and
     ``compose-patch``. Rank, norm and minimum-norm facts are in :func:`theorem_entries`.
     """
     g = _general_symbols()
-    W, B, a, delta, b, s, n = g["W"], g["B"], g["a"], g["delta"], g["b"], g["s"], g["n"]
+    W, G, a, delta, b, s, D = g["W"], g["G"], g["a"], g["delta"], g["b"], g["s"], g["D"]
     delta1, delta2 = g["delta1"], g["delta2"]
     f = sympy.Function("f")
     squares = {a: s}
     dW = W * delta * a.T / s
-    null = B * (sympy.Identity(n) - a * a.T / s)
+    null = G * (sympy.Identity(D) - a * a.T / s)
 
     steps = [_patched_preactivation_general(dW)]
     steps.append(
@@ -337,8 +350,8 @@ def theorem_general() -> list[ProofStep]:
     steps.append(
         _step(
             "null-direction",
-            "N = B (I − a aᵀ/‖a‖²) annihilates a for every m x n matrix B (and every N with "
-            "N a = 0 has this form, with B = N).",
+            "E = G (I − a aᵀ/‖a‖²) annihilates a for every H x D matrix G (and every E with "
+            "E a = 0 has this form, with G = E).",
             null * a,
             sympy.ZeroMatrix(W.shape[0], 1),
             GENERAL,
@@ -348,7 +361,7 @@ def theorem_general() -> list[ProofStep]:
     steps.append(
         _step(
             "non-uniqueness",
-            "Adding any such N to ΔW gives another patch: (W + ΔW + N) a = W A(C, x), so the "
+            "Adding any such E to ΔW gives another patch: (W + ΔW + E) a = W A(C, x), so the "
             "update is not unique.",
             (W + dW + null) * a,
             W * (a + delta),
@@ -419,10 +432,10 @@ def theorem_general() -> list[ProofStep]:
 # ---------------------------------------------------------------------------
 
 
-def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
+def theorem_entries(H: int = 2, D: int = 2) -> list[ProofStep]:
     """Steps of the theorem (chapter 2) with every entry its own real symbol.
 
-    Shapes: ``W``, ``B`` (m x n); ``a``, ``δ``, ``δ₁``, ``δ₂`` (n x 1); ``b`` (m x 1);
+    Shapes: ``W``, ``G`` (H x D); ``a``, ``δ``, ``δ₁``, ``δ₂`` (D x 1); ``b`` (H x 1);
     ``‖a‖² = Σ_j a_j²`` written out; ``f`` applied entry by entry.
 
     Covers the same identities as :func:`theorem_general` (names ending in ``.entries``)
@@ -430,17 +443,17 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
     ``frobenius-norm``, ``minimum-norm-orthogonal`` and ``minimum-norm-pythagoras``.
 
     Raises:
-        ValueError: if ``n`` or ``m`` is not an integer >= 1.
+        ValueError: if ``H`` or ``D`` is not an integer >= 1.
     """
-    _check_size(n=n, m=m)
-    method = _entries_method(n, m)
-    W, B = _matrix("w", m, n), _matrix("B", m, n)
-    a, delta, b = _vector("a", n), _vector(r"\delta", n), _vector("b", m)
-    delta1, delta2 = _vector(r"\delta^{(1)}", n), _vector(r"\delta^{(2)}", n)
+    _check_size(H=H, D=D)
+    method = _entries_method(H, D)
+    W, G = _matrix("w", H, D), _matrix("g", H, D)
+    a, delta, b = _vector("a", D), _vector(r"\delta", D), _vector("b", H)
+    delta1, delta2 = _vector(r"\delta^{(1)}", D), _vector(r"\delta^{(2)}", D)
     f = sympy.Function("f")
     s = _squared_norm(a)
     dW = W * delta * a.T / s
-    null = B * (sympy.eye(n) - a * a.T / s)
+    null = G * (sympy.eye(D) - a * a.T / s)
 
     def T(weight: sympy.Matrix, inp: sympy.Matrix, bias: sympy.Matrix = b) -> sympy.Matrix:
         return (weight * inp + bias).applyfunc(f)
@@ -464,28 +477,28 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
 
     minors = [
         dW.extract([r1, r2], [c1, c2]).det()
-        for r1, r2 in combinations(range(m), 2)
-        for c1, c2 in combinations(range(n), 2)
+        for r1, r2 in combinations(range(H), 2)
+        for c1, c2 in combinations(range(D), 2)
     ]
     steps.append(
         _step(
             "rank-one.entries",
             "Every 2 x 2 minor of ΔW vanishes, so ΔW has rank at most 1"
-            + (" (here min(n, m) = 1: there are no 2 x 2 minors)." if not minors else "."),
+            + (" (here min(H, D) = 1: there are no 2 x 2 minors)." if not minors else "."),
             sympy.Matrix(len(minors), 1, minors),
             sympy.zeros(len(minors), 1),
             method,
         )
     )
-    point = {W[i, j]: sympy.Integer(1 if i == j else 0) for i in range(m) for j in range(n)}
-    point.update({a[j]: sympy.Integer(1 if j == 0 else 0) for j in range(n)})
-    point.update({delta[j]: sympy.Integer(1 if j == 0 else 0) for j in range(n)})
-    e11 = sympy.zeros(m, n)
+    point = {W[i, j]: sympy.Integer(1 if i == j else 0) for i in range(H) for j in range(D)}
+    point.update({a[j]: sympy.Integer(1 if j == 0 else 0) for j in range(D)})
+    point.update({delta[j]: sympy.Integer(1 if j == 0 else 0) for j in range(D)})
+    e11 = sympy.zeros(H, D)
     e11[0, 0] = 1
     steps.append(
         _step(
             "rank-one-nonzero.entries",
-            "At W = I (m x n), a = δ = e₁ the update is the non-zero matrix E₁₁, so ΔW is "
+            "At W = I (H x D), a = δ = e₁ the update is the non-zero matrix E₁₁, so ΔW is "
             "not identically zero and has rank exactly 1 for generic W, a, δ (whenever W δ ≠ 0, "
             "since ΔW a = W δ).",
             dW.subs(point),
@@ -505,16 +518,16 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
     steps.append(
         _step(
             "null-direction.entries",
-            "N = B (I − a aᵀ/‖a‖²) satisfies N a = 0 for every B.",
+            "E = G (I − a aᵀ/‖a‖²) satisfies E a = 0 for every G.",
             null * a,
-            sympy.zeros(m, 1),
+            sympy.zeros(H, 1),
             method,
         )
     )
     steps.append(
         _step(
             "non-uniqueness.entries",
-            "(W + ΔW + N) a = W (a + δ): adding N gives another valid patch.",
+            "(W + ΔW + E) a = W (a + δ): adding E gives another valid patch.",
             (W + dW + null) * a,
             W * (a + delta),
             method,
@@ -523,7 +536,7 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
     steps.append(
         _step(
             "minimum-norm-orthogonal.entries",
-            "ΔW is orthogonal to every such N in the Frobenius inner product: trace(ΔWᵀ N) = 0.",
+            "ΔW is orthogonal to every such E in the Frobenius inner product: trace(ΔWᵀ E) = 0.",
             (dW.T * null).trace(),
             sympy.Integer(0),
             method,
@@ -532,7 +545,7 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
     steps.append(
         _step(
             "minimum-norm-pythagoras.entries",
-            "Hence ‖ΔW + N‖_F² = ‖ΔW‖_F² + ‖N‖_F²: among all solutions Γ = ΔW + N of "
+            "Hence ‖ΔW + E‖_F² = ‖ΔW‖_F² + ‖E‖_F²: among all solutions Γ = ΔW + E of "
             "Γ a = W δ, ΔW has the smallest Frobenius norm.",
             _squared_norm(dW + null),
             _squared_norm(dW) + _squared_norm(null),
@@ -540,7 +553,7 @@ def theorem_entries(n: int = 2, m: int = 2) -> list[ProofStep]:
         )
     )
 
-    A_x, A_Cx = _vector("A(x)", n), _vector("A(C,x)", n)
+    A_x, A_Cx = _vector("A(x)", D), _vector("A(C,x)", D)
     dW_full = W * (A_Cx - A_x) * A_x.T / _squared_norm(A_x)
     steps.append(
         _step(
@@ -610,19 +623,19 @@ def _gradient(loss: sympy.Expr, variable: sympy.Matrix) -> sympy.Matrix:
 def _dynamics_general() -> list[ProofStep]:
     """The three per-token identities of the dynamics for a generic index i, in general dimension.
 
-    Shapes: ``W_0``, ``V`` (m x n); ``A_0``, ``A_i``, ``A_{i+1}`` (n x 1); ``b`` (m x 1);
-    ``h`` a positive scalar with ``A_0ᵀ A_0 = 1/h``. The gradient is sympy's matrix derivative.
+    Shapes: ``W_0``, ``V`` (H x D); ``A_0``, ``A_i``, ``A_{i+1}`` (D x 1); ``b`` (H x 1);
+    ``η`` a positive scalar with ``A_0ᵀ A_0 = 1/η``. The gradient is sympy's matrix derivative.
     """
-    m, n = sympy.symbols("m n", integer=True, positive=True)
-    W0, V = sympy.MatrixSymbol("W_0", m, n), sympy.MatrixSymbol("V", m, n)
-    A0 = sympy.MatrixSymbol("A_0", n, 1)
-    Ai, Aj = sympy.MatrixSymbol("A_i", n, 1), sympy.MatrixSymbol("A_{i+1}", n, 1)
-    b = sympy.MatrixSymbol("b", m, 1)
-    h = sympy.Symbol("h", positive=True)
+    H, D = sympy.symbols("H D", integer=True, positive=True)
+    W0, V = sympy.MatrixSymbol("W_0", H, D), sympy.MatrixSymbol("V", H, D)
+    A0 = sympy.MatrixSymbol("A_0", D, 1)
+    Ai, Aj = sympy.MatrixSymbol("A_i", D, 1), sympy.MatrixSymbol("A_{i+1}", D, 1)
+    b = sympy.MatrixSymbol("b", H, 1)
+    eta = sympy.Symbol("eta", positive=True)
     f = sympy.Function("f")
 
     def W(A: sympy.MatrixSymbol) -> sympy.MatrixExpr:
-        return W0 + W0 * (A - A0) * A0.T * h
+        return W0 + W0 * (A - A0) * A0.T * eta
 
     Delta_i = W0 * (Ai - Aj) * A0.T
     loss = sympy.Trace(Delta_i.T * V)
@@ -637,50 +650,50 @@ def _dynamics_general() -> list[ProofStep]:
         ),
         _step(
             "gradient-step[i]",
-            "Wᵢ₊₁ = Wᵢ − h ∇Lᵢ(Wᵢ): absorbing token i+1 is one gradient step with "
-            "learning rate h = 1/‖A(x)‖².",
+            "Wᵢ₊₁ = Wᵢ − η ∇Lᵢ(Wᵢ): absorbing token i+1 is one gradient step with "
+            "learning rate η = 1/‖A(x)‖².",
             W(Aj),
-            W(Ai) - h * grad.subs(V, W(Ai)),
+            W(Ai) - eta * grad.subs(V, W(Ai)),
             GENERAL,
         ),
         _step(
             "implicit-equivalence[i]",
-            "T_(Wᵢ)(x) = T_W(c₁..cᵢ, x): f(Wᵢ A₀ + b) = f(W₀ Aᵢ + b), using A₀ᵀA₀ = 1/h.",
+            "T_(Wᵢ)(x) = T_W(c₁..cᵢ, x): f(Wᵢ A₀ + b) = f(W₀ Aᵢ + b), using A₀ᵀA₀ = 1/η.",
             f(W(Ai) * A0 + b),
             f(W0 * Ai + b),
             GENERAL,
-            {A0: 1 / h},
+            {A0: 1 / eta},
         ),
     ]
 
 
-def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
+def dynamics_steps(H: int = 2, D: int = 2, tokens: int = 3) -> list[ProofStep]:
     """Steps of the implicit dynamics (chapter 3).
 
     First the three per-token identities for a generic index ``i`` in general dimension
-    (names ending in ``[i]``), then, with explicit entries: ``W_0`` (m x n), ``A_0 .. A_tokens``
-    (n x 1, ``A_0 = A(x)``, entry k of ``A_i`` named ``A_{i,k}``), ``b`` (m x 1), ``h = 1/Σ_j A_{0,j}²``, a free matrix ``V``
-    (m x n) for the gradient, and ``f`` elementwise:
+    (names ending in ``[i]``), then, with explicit entries: ``W_0`` (H x D), ``A_0 .. A_tokens``
+    (D x 1, ``A_0 = A(x)``, entry k of ``A_i`` named ``A_{i,k}``), ``b`` (H x 1),
+    ``η = 1/Σ_j A_{0,j}²``, a free matrix ``V`` (H x D) for the gradient, and ``f`` elementwise:
 
     * ``loss-gradient[i=k]`` for k < tokens: ``∂ trace(Δ_kᵀ V) / ∂V = Δ_k``, entry by entry;
-    * ``gradient-step[i=k]`` for k < tokens: ``W_{k+1} = W_k − h ∇L_k(W_k)``;
+    * ``gradient-step[i=k]`` for k < tokens: ``W_{k+1} = W_k − η ∇L_k(W_k)``;
     * ``implicit-equivalence[i=k]`` for k <= tokens: ``f(W_k A_0 + b) = f(W_0 A_k + b)``;
-    * ``telescoping-sum``: ``W_tokens − W_0 = −h Σ_k Δ_k``.
+    * ``telescoping-sum``: ``W_tokens − W_0 = −η Σ_k Δ_k``.
 
     Raises:
-        ValueError: if ``n``, ``m`` or ``tokens`` is not an integer >= 1.
+        ValueError: if ``H``, ``D`` or ``tokens`` is not an integer >= 1.
     """
-    _check_size(n=n, m=m, tokens=tokens)
-    method = _entries_method(n, m) + f", tokens={tokens}"
-    W0, V, b = _matrix("w", m, n), _matrix("v", m, n), _vector("b", m)
+    _check_size(H=H, D=D, tokens=tokens)
+    method = _entries_method(H, D) + f", tokens={tokens}"
+    W0, V, b = _matrix("w", H, D), _matrix("v", H, D), _vector("b", H)
     A = [
-        sympy.Matrix(n, 1, lambda k, _, i=i: sympy.Symbol(f"A_{{{i},{k + 1}}}", real=True))
+        sympy.Matrix(D, 1, lambda k, _, i=i: sympy.Symbol(f"A_{{{i},{k + 1}}}", real=True))
         for i in range(tokens + 1)
     ]
     A0 = A[0]
-    h = 1 / _squared_norm(A0)
+    eta = 1 / _squared_norm(A0)
     f = sympy.Function("f")
-    Ws = [W0 + W0 * (Ai - A0) * A0.T * h for Ai in A]
+    Ws = [W0 + W0 * (Ai - A0) * A0.T * eta for Ai in A]
     Deltas = [W0 * (A[i] - A[i + 1]) * A0.T for i in range(tokens)]
 
     steps = _dynamics_general()
@@ -696,13 +709,13 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
                 method,
             )
         )
-        grad_at_Wi = grad.subs({V[r, c]: Ws[i][r, c] for r in range(m) for c in range(n)})
+        grad_at_Wi = grad.subs({V[r, c]: Ws[i][r, c] for r in range(H) for c in range(D)})
         steps.append(
             _step(
                 f"gradient-step[i={i}]",
-                f"W{_sub(i + 1)} = W{_sub(i)} − h ∇L{_sub(i)}(W{_sub(i)}), h = 1/‖A(x)‖².",
+                f"W{_sub(i + 1)} = W{_sub(i)} − η ∇L{_sub(i)}(W{_sub(i)}), η = 1/‖A(x)‖².",
                 Ws[i + 1],
-                Ws[i] - h * grad_at_Wi,
+                Ws[i] - eta * grad_at_Wi,
                 method,
             )
         )
@@ -720,9 +733,9 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
         _step(
             "telescoping-sum",
             f"The whole context is the sum of the gradient steps: W{_sub(tokens)} − W₀ = "
-            "−h Σᵢ Δᵢ.",
+            "−η Σᵢ Δᵢ.",
             Ws[tokens] - W0,
-            -h * sum(Deltas, sympy.zeros(m, n)),
+            -eta * sum(Deltas, sympy.zeros(H, D)),
             method,
         )
     )
@@ -734,30 +747,30 @@ def dynamics_steps(n: int = 2, m: int = 2, tokens: int = 3) -> list[ProofStep]:
 # ---------------------------------------------------------------------------
 
 
-def gated_steps(width: int = 2, hidden: int = 2) -> list[ProofStep]:
+def gated_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
     """The theorem for a gated MLP ``g(W_gate m, W_up m)`` (chapter 11), checked two ways.
 
-    A gated MLP reads its input ``m`` only through ``W_gate`` and ``W_up`` (each ``hidden x
-    width``): its first layer is the stacked map ``W_s = [W_gate; W_up]``. With the reference
+    A gated MLP reads its input ``m`` only through ``W_gate`` and ``W_up`` (each ``H x D``): its
+    first layer is the stacked map ``W_s = [W_gate; W_up]``. With the reference
     ``a`` and ``δ = m − a``, each block is patched with the *same* right factor,
     ``ΔW_gate = W_gate δ aᵀ/‖a‖²`` and ``ΔW_up = W_up δ aᵀ/‖a‖²``, i.e.
     ``ΔW_s = (W_s δ) aᵀ/‖a‖²``, which has rank one.
 
     General dimension (MatrixSymbols of symbolic sizes; ``g`` an undefined function of the two
     pre-activation vectors, so any gating ``W_down (φ(p) ⊙ q)`` is covered): ``gated-blocks``,
-    ``gated-output``. Explicit entries (``width``, ``hidden``; ``φ`` applied entry by entry,
+    ``gated-output``. Explicit entries (sizes ``H``, ``D``; ``φ`` applied entry by entry,
     ``⊙`` the entrywise product): ``gated-stack.entries``, ``gated-output.entries``,
-    ``gated-rank-one.entries`` (every 2 x 2 minor of the stacked ``2·hidden x width`` update
+    ``gated-rank-one.entries`` (every 2 x 2 minor of the stacked ``2H x D`` update
     vanishes) and ``gated-residual.entries`` (with the steering vector ``Δb′ = h_i − h_x`` the
     residual layer's output is reproduced).
 
     Raises:
         ValueError: if a size is not an integer >= 1.
     """
-    _check_size(width=width, hidden=hidden)
-    H, D = sympy.symbols("H D", integer=True, positive=True)
-    Wg, Wu = sympy.MatrixSymbol("W_gate", H, D), sympy.MatrixSymbol("W_up", H, D)
-    a, delta = sympy.MatrixSymbol("a", D, 1), sympy.MatrixSymbol("delta", D, 1)
+    _check_size(H=H, D=D)
+    rows, cols = sympy.symbols("H D", integer=True, positive=True)
+    Wg, Wu = sympy.MatrixSymbol("W_gate", rows, cols), sympy.MatrixSymbol("W_up", rows, cols)
+    a, delta = sympy.MatrixSymbol("a", cols, 1), sympy.MatrixSymbol("delta", cols, 1)
     s = sympy.Symbol(r"\|a\|^{2}", positive=True)
     g = sympy.Function("g")
     squares = {a: s}
@@ -783,10 +796,10 @@ def gated_steps(width: int = 2, hidden: int = 2) -> list[ProofStep]:
             squares,
         ),
     ]
-    method = f"explicit entries, width={width}, hidden={hidden}"
-    Wg_e, Wu_e, Wd_e = _matrix("g", hidden, width), _matrix("u", hidden, width), _matrix("d", width, hidden)
-    a_e, delta_e = _vector("a", width), _vector(r"\delta", width)
-    h_i, h_x = _vector("h", width), _vector(r"h^{x}", width)
+    method = _entries_method(H, D)
+    Wg_e, Wu_e, Wd_e = _matrix("g", H, D), _matrix("u", H, D), _matrix("d", D, H)
+    a_e, delta_e = _vector("a", D), _vector(r"\delta", D)
+    h_i, h_x = _vector("h", D), _vector(r"h^{x}", D)
     phi = sympy.Function(r"\varphi")
     s_e = _squared_norm(a_e)
     stacked = Wg_e.col_join(Wu_e)
@@ -795,11 +808,11 @@ def gated_steps(width: int = 2, hidden: int = 2) -> list[ProofStep]:
     def mlp(gate: sympy.Matrix, up: sympy.Matrix, m: sympy.Matrix) -> sympy.Matrix:
         return Wd_e * (gate * m).applyfunc(phi).multiply_elementwise(up * m)
 
-    patched_gate, patched_up = Wg_e + dWs[:hidden, :], Wu_e + dWs[hidden:, :]
+    patched_gate, patched_up = Wg_e + dWs[:H, :], Wu_e + dWs[H:, :]
     minors = [
         dWs.extract([r1, r2], [c1, c2]).det()
-        for r1, r2 in combinations(range(2 * hidden), 2)
-        for c1, c2 in combinations(range(width), 2)
+        for r1, r2 in combinations(range(2 * H), 2)
+        for c1, c2 in combinations(range(D), 2)
     ]
     steps += [
         _step(
@@ -837,14 +850,102 @@ def gated_steps(width: int = 2, hidden: int = 2) -> list[ProofStep]:
 
 
 # ---------------------------------------------------------------------------
+# The matrix cosine of a rank-1 update (chapter 6)
+# ---------------------------------------------------------------------------
+
+
+def alignment_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
+    """Steps of the identity ``cos_F(F, ΔW) = cos(F a, u) · ‖F â‖ / ‖F‖_F`` (chapter 6).
+
+    For any ``F`` (H x D) and a rank-1 ``ΔW = u aᵀ / ‖a‖²`` (``u``: H x 1, ``a``: D x 1,
+    ``â = a/‖a‖``), the cosine of the two matrices in the Frobenius inner product is the cosine,
+    at the vector ``a``, of what they do to it (``F a`` against ``ΔW a = u``), times the share
+    ``‖F â‖ / ‖F‖_F ≤ 1`` of ``F`` that acts along ``a``. Explicit entries (``F``, ``g``: H x D
+    and H x 1; ``u``: H x 1; ``a``: D x 1):
+
+    * ``cos-inner.entries``: ``⟨F, ΔW⟩_F = uᵀ (F a) / ‖a‖²``;
+    * ``cos-norm.entries``: ``‖ΔW‖_F² = ‖u‖² / ‖a‖²``;
+    * ``cos-share-pythagoras.entries``: ``‖F‖_F² = ‖F a‖²/‖a‖² + ‖F (I − a aᵀ/‖a‖²)‖_F²``, so
+      the share is at most 1;
+    * ``cos-share-rank-one.entries``: for ``F = g aᵀ`` (rows along ``a``) the share is 1;
+
+    and, with positive scalar symbols for the four norms and a real symbol ``p = uᵀ (F a)``,
+    ``cos-factorisation``: ``⟨F, ΔW⟩_F / (‖F‖_F ‖ΔW‖_F) = [p/(‖u‖ ‖F a‖)] · [‖F a‖/(‖a‖ ‖F‖_F)]``
+    once the two entry identities are substituted (valid in every dimension).
+
+    Raises:
+        ValueError: if ``H`` or ``D`` is not an integer >= 1.
+    """
+    _check_size(H=H, D=D)
+    method = _entries_method(H, D)
+    F, u, a, g = _matrix("F", H, D), _vector("u", H), _vector("a", D), _vector("g", H)
+    s = _squared_norm(a)
+    dW = u * a.T / s
+    steps = [
+        _step(
+            "cos-inner.entries",
+            "The Frobenius inner product of any F with ΔW = u aᵀ/‖a‖² only sees what F does "
+            "to a: ⟨F, ΔW⟩_F = uᵀ (F a) / ‖a‖².",
+            sum(F.multiply_elementwise(dW), sympy.Integer(0)),
+            (u.T * F * a)[0, 0] / s,
+            method,
+        ),
+        _step(
+            "cos-norm.entries",
+            "‖ΔW‖_F² = ‖u‖² / ‖a‖².",
+            _squared_norm(dW),
+            _squared_norm(u) / s,
+            method,
+        ),
+        _step(
+            "cos-share-pythagoras.entries",
+            "‖F‖_F² = ‖F â‖² + ‖F (I − â âᵀ)‖_F² with â = a/‖a‖: the share ‖F â‖/‖F‖_F of F "
+            "along a is at most 1.",
+            _squared_norm(F),
+            _squared_norm(F * a) / s + _squared_norm(F * (sympy.eye(D) - a * a.T / s)),
+            method,
+        ),
+        _step(
+            "cos-share-rank-one.entries",
+            "For F = g aᵀ, whose rows all lie along a, ‖F â‖ = ‖F‖_F: the share is 1 and "
+            "cos_F(F, ΔW) = cos(g, u).",
+            _squared_norm(g * a.T * a) / s,
+            _squared_norm(g * a.T),
+            method,
+        ),
+    ]
+    p = sympy.Symbol("p", real=True)  # uᵀ (F a)
+    norm_F = sympy.Symbol(r"\|F\|_F", positive=True)
+    norm_u = sympy.Symbol(r"\|u\|", positive=True)
+    norm_a = sympy.Symbol(r"\|a\|", positive=True)
+    norm_Fa = sympy.Symbol(r"\|F a\|", positive=True)
+    # Unevaluated products, so that the display keeps the two sides' structure.
+    inner = p / norm_a**2  # cos-inner
+    norm_dW = sympy.Mul(norm_u, sympy.Pow(norm_a, -1), evaluate=False)  # cos-norm
+    cosine_at_a = p / (norm_u * norm_Fa)
+    share = norm_Fa / (norm_a * norm_F)
+    steps.append(
+        _step(
+            "cos-factorisation",
+            "Hence cos_F(F, ΔW) = ⟨F, ΔW⟩_F / (‖F‖_F ‖ΔW‖_F) = cos(F a, u) · ‖F â‖ / ‖F‖_F, "
+            "with p = uᵀ (F a): the cosine at a times the share of F along a.",
+            sympy.Mul(inner, sympy.Pow(sympy.Mul(norm_F, norm_dW, evaluate=False), -1), evaluate=False),
+            sympy.Mul(cosine_at_a, share, evaluate=False),
+            SCALARS,
+        )
+    )
+    return steps
+
+
+# ---------------------------------------------------------------------------
 # Collection and display
 # ---------------------------------------------------------------------------
 
 
 def all_steps() -> list[ProofStep]:
-    """Every step: :func:`theorem_general`, :func:`theorem_entries`, :func:`dynamics_steps` and
-    :func:`gated_steps` at their default sizes. Step names are unique."""
-    return theorem_general() + theorem_entries() + dynamics_steps() + gated_steps()
+    """Every step: :func:`theorem_general`, :func:`theorem_entries`, :func:`dynamics_steps`,
+    :func:`alignment_steps` and :func:`gated_steps` at their default sizes. Step names are unique."""
+    return theorem_general() + theorem_entries() + dynamics_steps() + alignment_steps() + gated_steps()
 
 
 def report(steps: Iterable[ProofStep]) -> str:

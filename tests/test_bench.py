@@ -248,4 +248,4 @@ def test_quick_block_section_prints_its_table_and_verdicts(capsys):
 def test_sections_option():
     with pytest.raises(SystemExit):
         bench.main(["--sections", "grid,nonsense"])
-    assert list(bench.SECTIONS) == ["grid", "block"]
+    assert list(bench.SECTIONS) == ["grid", "block", "llm"]

@@ -85,3 +85,39 @@ def test_relative_error_bad_inputs():
         icl.relative_error(torch.ones(2, 2, dtype=torch.int64), torch.ones(2, 2, dtype=torch.int64))
     with pytest.raises(TypeError, match="torch.Tensors"):
         icl.relative_error([[1.0]], torch.ones(1, 1))
+
+
+def test_alignment_factors_multiply_to_the_frobenius_cosine():
+    generator = torch.Generator().manual_seed(0)
+    F = torch.randn(6, 7, 5, 3, generator=generator, dtype=torch.float64)
+    u = torch.randn(6, 7, 5, generator=generator, dtype=torch.float64)
+    a = torch.randn(6, 7, 3, generator=generator, dtype=torch.float64)
+    rank_one = u[..., :, None] * a[..., None, :] / (a * a).sum(-1)[..., None, None]
+    cosine, share = icl.alignment_factors(F, u, a)
+    assert cosine.shape == share.shape == (6, 7)
+    assert torch.allclose(cosine * share, icl.frobenius_alignment(F, rank_one), atol=1e-14)
+    assert (share <= 1 + 1e-14).all() and (share > 0).all() and (cosine.abs() <= 1 + 1e-14).all()
+    # a matrix whose rows lie along a has share 1, and its cosine is the cosine of its left factor
+    g = torch.randn(6, 7, 5, generator=generator, dtype=torch.float64)
+    along = g[..., :, None] * a[..., None, :]
+    cosine, share = icl.alignment_factors(along, u, a)
+    assert torch.allclose(share, torch.ones_like(share), atol=1e-14)
+    assert torch.allclose(cosine, torch.nn.functional.cosine_similarity(g, u, dim=-1), atol=1e-14)
+    # a matrix that annihilates a has no cosine at a
+    orthogonal = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
+    with pytest.raises(ValueError, match="F a is zero"):
+        icl.alignment_factors(orthogonal, torch.ones(2), torch.tensor([1.0, 0.0]))
+
+
+def test_alignment_factors_bad_inputs():
+    F, u, a = torch.ones(4, 3), torch.ones(4), torch.ones(3)
+    with pytest.raises(ValueError, match="do not fit"):
+        icl.alignment_factors(F, torch.ones(3), a)
+    with pytest.raises(ValueError, match="do not fit"):
+        icl.alignment_factors(F, u, torch.ones(4))
+    with pytest.raises(ValueError, match="a is zero"):
+        icl.alignment_factors(F, u, torch.zeros(3))
+    with pytest.raises(TypeError, match="dtype"):
+        icl.alignment_factors(F, u.double(), a)
+    with pytest.raises(TypeError, match="floating"):
+        icl.alignment_factors(F.long(), u.long(), a.long())

@@ -15,18 +15,23 @@ REQUIRED = {
     "rank-one",  # all 2x2 minors vanish
     "rank-one-nonzero",  # ΔW is not identically zero
     "frobenius-norm",  # ‖ΔW‖_F² = ‖Wδ‖²/‖a‖²
-    "null-direction",  # N a = 0
-    "non-uniqueness",  # (W + ΔW + N) a = W A(C, x)
-    "minimum-norm-orthogonal",  # trace(ΔWᵀ N) = 0
-    "minimum-norm-pythagoras",  # ‖ΔW + N‖² = ‖ΔW‖² + ‖N‖²
+    "null-direction",  # E a = 0
+    "non-uniqueness",  # (W + ΔW + E) a = W A(C, x)
+    "minimum-norm-orthogonal",  # trace(ΔWᵀ E) = 0
+    "minimum-norm-pythagoras",  # ‖ΔW + E‖² = ‖ΔW‖² + ‖E‖²
     "corollary-full-context",  # Y = C
     "bias-alternative",  # Δb = W δ
     "compose-sum",  # increments share the right factor
     "compose-patch",  # (W + ΔW₁ + ΔW₂) a = W (a + δ₁ + δ₂)
     "loss-gradient",  # ∇ trace(Δ_iᵀ W) = Δ_i
-    "gradient-step",  # W_{i+1} = W_i − h ∇L_i(W_i)
+    "gradient-step",  # W_{i+1} = W_i − η ∇L_i(W_i)
     "implicit-equivalence",  # T_{W_i}(x) = T_W(c_1..c_i, x)
-    "telescoping-sum",  # W_N − W_0 = −h Σ Δ_i
+    "telescoping-sum",  # W_N − W_0 = −η Σ Δ_i
+    "cos-inner",  # ⟨F, ΔW⟩_F = uᵀ F a / ‖a‖²
+    "cos-norm",  # ‖ΔW‖_F² = ‖u‖²/‖a‖²
+    "cos-share-pythagoras",  # ‖F‖_F² = ‖F â‖² + ‖F (I − â âᵀ)‖_F²
+    "cos-share-rank-one",  # F = g aᵀ has share 1
+    "cos-factorisation",  # cos_F(F, ΔW) = cos(F a, u) ‖F â‖ / ‖F‖_F
 }
 
 
@@ -57,29 +62,49 @@ def test_general_dimension_and_entries_witnesses(steps):
 
 
 def test_dynamics_has_one_step_per_token():
-    names = [s.name for s in proofs.dynamics_steps(n=1, m=2, tokens=4)]
+    names = [s.name for s in proofs.dynamics_steps(H=2, D=1, tokens=4)]
     assert sum(name.startswith("gradient-step[i=") for name in names) == 4
     assert sum(name.startswith("implicit-equivalence[i=") for name in names) == 5
 
 
-@pytest.mark.parametrize(("n", "m"), [(1, 1), (2, 3), (3, 1)])
-def test_theorem_entries_at_other_sizes(n, m):
-    result = proofs.theorem_entries(n=n, m=m)
+@pytest.mark.parametrize(("H", "D"), [(1, 1), (3, 2), (1, 3)])
+def test_theorem_entries_at_other_sizes(H, D):
+    result = proofs.theorem_entries(H=H, D=D)
     assert all(s.verified for s in result), proofs.report(result)
-    assert all(s.method == f"explicit entries, n={n}, m={m}" for s in result)
+    assert all(s.method == f"explicit entries, H={H}, D={D}" for s in result)
+
+
+@pytest.mark.parametrize(("H", "D"), [(1, 1), (3, 2), (2, 3)])
+def test_alignment_identity_at_other_sizes(H, D):
+    result = proofs.alignment_steps(H=H, D=D)
+    assert all(s.verified for s in result), proofs.report(result)
+    assert [s.method for s in result] == [f"explicit entries, H={H}, D={D}"] * 4 + [proofs.SCALARS]
+
+
+def test_wrong_alignment_identities_are_not_verified():
+    F, u, a = proofs._matrix("F", 2, 3), proofs._vector("u", 2), proofs._vector("a", 3)
+    s = proofs._squared_norm(a)
+    dW = u * a.T / s
+    inner = sum(F.multiply_elementwise(dW), sympy.Integer(0))
+    assert proofs._verify(inner, (u.T * F * a)[0, 0] / s)
+    assert not proofs._verify(inner, (u.T * F * a)[0, 0] / s**2)  # ΔW without its 1/‖a‖²
+    # the share of a generic F along a is not 1 (only rank-1 F = g aᵀ have that)
+    assert not proofs._verify(proofs._squared_norm(F * a) / s, proofs._squared_norm(F))
 
 
 def test_dynamics_at_other_size():
-    result = proofs.dynamics_steps(n=1, m=1, tokens=1)
+    result = proofs.dynamics_steps(H=1, D=1, tokens=1)
     assert all(s.verified for s in result), proofs.report(result)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
 def test_bad_sizes_raise(bad):
     with pytest.raises(ValueError):
-        proofs.theorem_entries(n=bad)
+        proofs.theorem_entries(D=bad)
     with pytest.raises(ValueError):
-        proofs.theorem_entries(m=bad)
+        proofs.theorem_entries(H=bad)
+    with pytest.raises(ValueError):
+        proofs.alignment_steps(H=bad)
     with pytest.raises(ValueError):
         proofs.dynamics_steps(tokens=bad)
 
@@ -107,17 +132,17 @@ def test_wrong_identities_are_not_verified_explicit_entries():
 
 
 def test_wrong_gradient_is_not_verified():
-    m, n = sympy.symbols("m n", integer=True, positive=True)
-    W0, V = sympy.MatrixSymbol("W_0", m, n), sympy.MatrixSymbol("V", m, n)
-    A0, A1 = sympy.MatrixSymbol("A_0", n, 1), sympy.MatrixSymbol("A_1", n, 1)
+    H, D = sympy.symbols("H D", integer=True, positive=True)
+    W0, V = sympy.MatrixSymbol("W_0", H, D), sympy.MatrixSymbol("V", H, D)
+    A0, A1 = sympy.MatrixSymbol("A_0", D, 1), sympy.MatrixSymbol("A_1", D, 1)
     Delta = W0 * (A0 - A1) * A0.T
     gradient = sympy.Derivative(sympy.Trace(Delta.T * V), V, evaluate=False)
     assert proofs._verify(gradient, Delta)
     assert not proofs._verify(gradient, -Delta)
-    h = sympy.Symbol("h", positive=True)
-    patched = (W0 + W0 * (A1 - A0) * A0.T * h) * A0
-    assert proofs._verify(patched, W0 * A1, {A0: 1 / h})
-    assert not proofs._verify(patched, W0 * A1, {A0: h})  # wrong learning rate
+    eta = sympy.Symbol("eta", positive=True)
+    patched = (W0 + W0 * (A1 - A0) * A0.T * eta) * A0
+    assert proofs._verify(patched, W0 * A1, {A0: 1 / eta})
+    assert not proofs._verify(patched, W0 * A1, {A0: eta})  # wrong learning rate
 
 
 def test_latex_and_report(steps):
@@ -130,12 +155,12 @@ def test_latex_and_report(steps):
 
 def test_claims_are_plain_text(steps):
     """Chapters show the claims as Markdown prose: no TeX syntax that would appear literally."""
-    more = proofs.dynamics_steps(n=1, m=1, tokens=12) + proofs.theorem_entries(n=1, m=1)
+    more = proofs.dynamics_steps(H=1, D=1, tokens=12) + proofs.theorem_entries(H=1, D=1)
     for step in steps + more:
         for tex in ("\\", "_{", "^{", "$"):
             assert tex not in step.claim, f"{step.name}: {tex!r} in {step.claim!r}"
     claims = {s.name: s.claim for s in more}
-    assert "W₁₂ = W₁₁ − h ∇L₁₁(W₁₁)" in claims["gradient-step[i=11]"]
+    assert "W₁₂ = W₁₁ − η ∇L₁₁(W₁₁)" in claims["gradient-step[i=11]"]
     assert claims["implicit-equivalence[i=0]"].startswith("T_(W₀)(x) = T_W(x):")
     assert "T_W(c₁..c₁₂, x)" in claims["implicit-equivalence[i=12]"]
 

@@ -8,9 +8,9 @@ import sympy
 from icl_lib import proofs
 
 
-@pytest.mark.parametrize("width,hidden", [(2, 2), (3, 2), (2, 3)])
-def test_every_gated_step_is_verified(width, hidden):
-    steps = proofs.gated_steps(width, hidden)
+@pytest.mark.parametrize("H,D", [(2, 2), (2, 3), (3, 2)])
+def test_every_gated_step_is_verified(H, D):
+    steps = proofs.gated_steps(H, D)
     assert [s.name for s in steps] == [
         "gated-blocks",
         "gated-output",
@@ -41,5 +41,5 @@ def test_a_wrong_gated_patch_is_not_verified():
 
 
 def test_bad_sizes_raise():
-    with pytest.raises(ValueError, match="width must be an integer >= 1"):
+    with pytest.raises(ValueError, match="H must be an integer >= 1"):
         proofs.gated_steps(0, 2)

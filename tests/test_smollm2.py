@@ -93,3 +93,12 @@ def test_task_prompts_refuse_items_that_split(smollm2):
     bad = icl.fewshot.FewShotTask("bad", "capital of", (("France", "Paris"),), (("Liechtenstein", "Vaduz"),))
     with pytest.raises(ValueError, match="'Liechtenstein' is 4 tokens"):
         icl.task_prompts(bad, tokenizer, 1)
+
+
+def test_benchmark_section_h_measures_the_patches_against_a_forward_pass(smollm2):
+    from icl_lib.bench_llm import measure_language_model
+
+    m = measure_language_model(smollm2[0], tokens=16, repeats=1)
+    assert set(m.wall) == {"forward", "query", "all"} and all(t > 0 for t in m.wall.values())
+    assert m.error <= 1e-4 and m.ratio("forward") == 1.0
+    assert m.peak_mib["all"] > m.peak_mib["query"] > 0
