@@ -282,6 +282,7 @@ def _trace(
     record: dict[str, int | slice | None],
     inputs: Sequence[Tensor] | None = None,
     patches: Sequence[Patch] | None = None,
+    logits: bool = True,
 ) -> _Trace:
     """Run the model once with hooks.
 
@@ -294,26 +295,23 @@ def _trace(
             on the given tokens instead of its predecessor's output.
         patches: optional patch per layer: adds ``ΔW_s m`` to the first-layer outputs and
             ``Δb′`` after the MLP (see :func:`_pre_shift`).
+        logits: also compute the logits at the last position; without them the model's base
+            (the decoder without its language-model head) runs, and ``logits`` stays ``None``.
     """
     trace = _Trace()
     registrations: list[tuple[nn.Module, str, Callable]] = []
     for index, (layer, first, (mlp, residual, shift)) in enumerate(zip(lm.layers, lm.firsts, lm.splits)):
         registrations += _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, inputs, patches)
     calls = [0] * len(registrations)
+    arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions, use_cache=False)
     with torch.no_grad(), _hooks(registrations, calls):
-        out = lm.model(
-            input_ids=prompt.ids,
-            attention_mask=prompt.mask,
-            position_ids=prompt.positions,
-            use_cache=False,
-            logits_to_keep=1,
-        )
+        out = lm.model(**arguments, logits_to_keep=1) if logits else lm.model.base_model(**arguments)
     if any(c != 1 for c in calls):
         raise RuntimeError(
             f"the {type(lm.model).__name__} did not call every module the {lm.family.name} adapter hooks exactly once "
             f"(calls: {calls}); the patches would not be applied where the theorem puts them"
         )
-    trace.logits = out.logits[:, -1]
+    trace.logits = out.logits[:, -1] if logits else None
     return trace
 
 
@@ -379,7 +377,12 @@ def _layer_output(out: Tensor | tuple) -> Tensor:
 
 
 def _updates(
-    lm: _LanguageModel, prompt: _Prompt, position: int | None, outputs: bool = False, kept: int = 1
+    lm: _LanguageModel,
+    prompt: _Prompt,
+    position: int | None,
+    outputs: bool = False,
+    kept: int = 1,
+    logits: bool = False,
 ) -> tuple[list[ImplicitUpdate], _Trace]:
     """One update per layer from the prompt pass and the reference pass.
 
@@ -393,10 +396,10 @@ def _updates(
     record = {"inputs": tail, "pre": at, "residual": at}
     if outputs:
         record["outputs"] = at
-    trace = _trace(lm, prompt, record)
+    trace = _trace(lm, prompt, record, logits=logits)
     _check_finite(lm, trace.inputs + trace.pre + trace.residual, "the layer inputs, MLP pre-activations or residual stream")
     alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
-    reference = _trace(lm, alone, {"mlp_in": None, "pre": None, "residual": None}, inputs=trace.inputs)
+    reference = _trace(lm, alone, {"mlp_in": None, "pre": None, "residual": None}, inputs=trace.inputs, logits=False)
     t = prompt.ids.shape[1]
     updates = []
     for pre, h, a, pre_a, h_a in zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual):
@@ -501,7 +504,7 @@ def lm_block_inputs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor 
     """The input hidden states of every decoder layer, ``L`` tensors ``(B, T, D)``."""
     lm = _language_model(model)
     prompt = _prompt(lm, input_ids, attention_mask, min_tokens=1)
-    return _trace(lm, prompt, {"inputs": None}).inputs
+    return _trace(lm, prompt, {"inputs": None}, logits=False).inputs
 
 
 def _flatten_stacked(update: ImplicitUpdate) -> ImplicitUpdate:
@@ -533,7 +536,7 @@ def lm_block_gaps(
         query = _Prompt(query.ids.repeat_interleave(t, 0), None, query.positions.repeat_interleave(t, 0))
         inputs = [z.repeat_interleave(t, 0) for z in inputs]
         updates = [_flatten_stacked(u) for u in updates]
-    patched = _trace(lm, query, {"outputs": -1}, inputs=inputs, patches=updates).outputs
+    patched = _trace(lm, query, {"outputs": -1}, inputs=inputs, patches=updates, logits=False).outputs
     gaps = []
     for prompted, out in zip(trace.outputs, patched):
         gap = (prompted - out.view(prompted.shape)).norm(dim=-1)
@@ -545,7 +548,7 @@ def lm_network_gap(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
     """``‖prompted logits − patched query-alone logits‖₂`` per prompt, ``(B,)``."""
     lm = _language_model(model)
     prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
-    updates, trace = _updates(lm, prompt, prompt.ids.shape[1] - 1)
+    updates, trace = _updates(lm, prompt, prompt.ids.shape[1] - 1, logits=True)
     patched = _trace(lm, prompt.query(), {}, patches=updates).logits
     return (trace.logits - patched).norm(dim=-1)
 
@@ -563,8 +566,8 @@ def patch_contributions(
     prompt = _prompt(lm, input_ids, attention_mask, min_tokens=2)
     updates, trace = _updates(lm, prompt, prompt.ids.shape[1] - 1)
     query = prompt.query()
-    plain = _trace(lm, query, {"mlp_out": -1}, inputs=trace.inputs).mlp_out
-    patched = _trace(lm, query, {"mlp_out": -1}, inputs=trace.inputs, patches=updates).mlp_out
+    plain = _trace(lm, query, {"mlp_out": -1}, inputs=trace.inputs, logits=False).mlp_out
+    patched = _trace(lm, query, {"mlp_out": -1}, inputs=trace.inputs, patches=updates, logits=False).mlp_out
     weight = torch.stack([(p - q).norm(dim=-1) for p, q in zip(patched, plain)], dim=1)
     steering = torch.stack([u.delta_b.norm(dim=-1) for u in updates], dim=1)
     return weight, steering
@@ -631,7 +634,7 @@ def lm_trajectory(
         index = torch.cat([first + torch.arange(i, device=first.device), tail], dim=1)
         ids = prompt.ids.gather(1, index)  # (B, i + K): c_1..c_i, then the kept tokens
         truncated = _Prompt(ids, None, torch.arange(i + kept, device=ids.device).expand(b, i + kept))
-        updates, trace = _updates(lm, truncated, i + kept - 1, kept=kept)
+        updates, trace = _updates(lm, truncated, i + kept - 1, kept=kept, logits=True)
         steps.append(updates)
         logits.append(trace.logits)
     return steps, lengths, torch.stack(logits, dim=1)
