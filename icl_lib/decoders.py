@@ -1,7 +1,7 @@
 """Hugging Face ``transformers`` decoders seen through the theorem: where each family splits at ``W``.
 
 The library's own blocks expose ``stream`` (everything up to the MLP input) and ``finish``
-(everything after the first MLP layer) as methods (:mod:`icl_lib.views`). A decoder layer of a
+(everything after the first MLP layer) as methods (``icl_lib.views``). A decoder layer of a
 ``transformers`` causal LM is run by its model's own code instead (embeddings, rotary or learned
 positions, grouped-query attention, sliding windows, masks, softcapping), so its adapter does not
 re-implement any of it: it only *names* the modules at which the layer is split. Four names
@@ -16,7 +16,7 @@ describe a family:
 * ``shift``: the module after whose output ``Δb′`` is added (the MLP itself, or Gemma's norm
   after the MLP, since there ``out = h + PostNorm(MLP(PreNorm h))``).
 
-:mod:`icl_lib.language_models` runs the model's own forward with hooks at these modules: it
+``icl_lib.language_models`` runs the model's own forward with hooks at these modules: it
 reads ``W_s m + b_s`` and ``h`` there, and adds ``u (vᵀ m)/‖v‖²`` and ``Δb′`` there (``finish``
 is the model's own code after the hook). Nothing about a family is special-cased elsewhere.
 """
@@ -92,6 +92,7 @@ def _gated(name: str, model_classes: tuple[str, ...], layer_class: tuple[str, ..
     )
 
 
+#: The supported families, in the order :func:`family_of` tries them.
 FAMILIES: tuple[DecoderFamily, ...] = (
     _gated(
         "Llama (also SmolLM2, Mistral, Qwen2, Qwen3, Gemma)",
@@ -119,6 +120,7 @@ FAMILIES: tuple[DecoderFamily, ...] = (
     ),
 )
 
+#: The supported causal LM classes, by family, as error messages name them.
 SUPPORTED_LANGUAGE_MODELS = (
     "transformers causal LMs: "
     + "; ".join(f"{f.name}: {', '.join(f.model_classes)}" for f in FAMILIES)
@@ -176,7 +178,7 @@ def decoder_layers(model: nn.Module, family: DecoderFamily) -> list[nn.Module]:
 class FirstLayer:
     """The MLP's first layer ``W_s m + b_s`` of one decoder layer, stacked over its linear maps.
 
-    ``W_s`` is never stored: :meth:`__call__` evaluates each map and concatenates, and
+    ``W_s`` is never stored: calling the object evaluates each map and concatenates, and
     :attr:`weight` forms the dense ``(H_s, D)`` matrix only when asked for.
 
     Args:

@@ -10,7 +10,7 @@ and a prompt is a few demonstrations followed by the query line ``"<relation> <i
 Items and demonstration answers are single tokens (with their leading space) in the model's
 tokenizer, so all prompts of a task have the same token layout: the query line is the last
 ``K`` tokens, the item sits at the same position in every prompt, and the context (the
-demonstrations) is a whole number of tokens per example. :func:`task_prompts` checks this and
+demonstrations) is a whole number of tokens per example. :func:`icl_lib.task_prompts` checks this and
 refuses data that breaks it. An answer is scored by its *first* token: the model's greedy next
 token after the query line must be the first token of the answer (or of one of the accepted
 alternatives, written ``"young/new"``).
@@ -236,7 +236,7 @@ def answer_accuracy(logits: Tensor, prompts: TaskPrompts) -> Tensor:
 
     Args:
         logits: ``(Q, vocab)`` at the last token of each prompt.
-        prompts: the task's :class:`TaskPrompts` (for the answers).
+        prompts: the task's :class:`icl_lib.fewshot.TaskPrompts` (for the answers).
 
     Returns:
         ``(Q,)`` bool.

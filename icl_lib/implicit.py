@@ -322,7 +322,7 @@ def network_update(
 
     For a language model, each decoder layer's gated MLP has first layer ``W_s = [W_gate; W_up]``,
     so ``u`` is ``(B, 2H)``; ``Δb′`` is added after the MLP (after Gemma's post-feed-forward norm).
-    The computation is the model's own forward (see :mod:`icl_lib.language_models`).
+    The computation is the model's own forward (see the module ``icl_lib.language_models``).
     """
     if is_language_model(model):
         from .language_models import lm_network_update

@@ -33,10 +33,10 @@ __all__ = ["LanguageStaticPatch", "fit_lm_static_patch", "apply_lm_static_patch"
 
 @dataclass(frozen=True)
 class LanguageStaticPatch:
-    """One fitted patch per decoder layer and kept position (see :func:`fit_lm_static_patch`).
+    """One fitted patch per decoder layer and kept position (see :func:`icl_lib.fit_lm_static_patch`).
 
     Attributes:
-        layers: one :class:`icl_lib.language_models.LowRankPatch` per layer (``P`` kept positions).
+        layers: one ``icl_lib.language_models.LowRankPatch`` per layer (``P`` kept positions).
         position_ids: ``(P,)``, where the kept tokens stood in the calibration prompts.
         n_queries: ``Q``, the calibration queries.
         residual: ``(L, P)``: ``(1/Q) Σ_q ‖Γ a_q − u_q‖² / ((1/Q) Σ_q ‖u_q‖²)``, the share of the exact
@@ -102,7 +102,7 @@ def apply_lm_static_patch(
 
     Args:
         model: the language model the patch was fitted for.
-        patch: from :func:`fit_lm_static_patch`.
+        patch: from :func:`icl_lib.fit_lm_static_patch`.
         query_ids: ``(B, P)``, the query lines (the same layout as the calibration prompts' last
             ``P`` tokens), embedded at the calibration position ids.
         exact_steering: optional kept-token updates of these ``B`` prompts: their own ``Δb′``
