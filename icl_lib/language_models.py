@@ -413,7 +413,7 @@ def _updates(
             check_reference(a)
         updates.append(
             ImplicitUpdate(
-                u=pre - pre_a,
+                u=pre.sub_(pre_a),  # pre is this function's own concatenation: no copy needed
                 v=a,
                 delta_b=h - h_a,
                 position=position if kept == 1 else None,
