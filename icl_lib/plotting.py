@@ -1,4 +1,4 @@
-"""The book's plotting helpers: schematics of the blocks whose context becomes a weight update.
+"""The book's plotting helpers: schematics of the blocks, and the plots that recur across chapters.
 
 Two pictures, drawn with matplotlib from code (the book ships no image files):
 
@@ -13,18 +13,36 @@ Both return the :class:`matplotlib.figure.Figure` they drew on. Every box is a
 ``FancyBboxPatch`` whose ``gid`` is ``"box:NAME"`` and every box label a ``Text`` whose ``gid`` is
 ``"label:NAME"``, so tests (and readers) can find the parts of a drawing by name. The figures
 keep matplotlib's white background, so they read the same in the book's light and dark modes.
+
+Two helpers draw what several chapters plot, on an axes the chapter gives them:
+
+* :func:`error_band`: a mean curve with its band of one standard error either side (chapters
+  1, 3, 5, 6 and 9 average over prompts or tasks this way);
+* :func:`masked_diagonal_heatmap`: a square matrix of cosines between patches whose diagonal,
+  1 by definition, is masked (chapters 8 and 11).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path
 
-__all__ = ["contextual_block_schematic", "residual_block_schematic"]
+__all__ = [
+    "contextual_block_schematic",
+    "residual_block_schematic",
+    "error_band",
+    "masked_diagonal_heatmap",
+]
 
 # Colours: the prompted path in blue, the query-alone path in grey, the patched parts in red.
 _PROMPT = "#dbe8f6"
@@ -295,3 +313,103 @@ def residual_block_schematic(ax: Axes | None = None) -> Figure:
            size=_FONT - 0.5, color=_PATCH_EDGE)
     d.text(xs["out"] - 0.2, (top + bottom) / 2 + 0.1, "$=$", size=_FONT + 6)
     return fig
+
+
+def _vector(values: object, name: str) -> np.ndarray:
+    """``values`` (a tensor, array or sequence) as a 1-d NumPy array of its own dtype."""
+    if hasattr(values, "detach"):  # a torch tensor: no gradient, on the CPU
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+def error_band(ax: Axes, x: Sequence[float] | np.ndarray, mean: object, sem: object, *,
+               color: str, label: str | None = None, band_label: str | None = None,
+               alpha: float = 0.25, edges: bool = False,
+               **line_kwargs: object) -> tuple[Line2D, PolyCollection]:
+    """Draw a mean curve and the band ``mean ± sem`` around it.
+
+    The curve is ``ax.plot(x, mean)`` and the band ``ax.fill_between(x, mean - sem,
+    mean + sem)``, both in ``color``; typically ``mean, sem = icl.mean_sem(values)`` for
+    ``values`` of shape ``(samples, n)``.
+
+    Args:
+        ax: the axes to draw on.
+        x: ``(n,)`` abscissae.
+        mean, sem: ``(n,)`` each (tensors or arrays): the curve and the band's half-width.
+        color: the colour of the curve and of the band.
+        label: the curve's legend entry (``None``: no entry).
+        band_label: the band's legend entry (``None``: no entry).
+        alpha: the band's opacity.
+        edges: draw the band's outline (matplotlib's default patch line width, in
+            ``color`` with ``alpha``); by default the band has no outline.
+        **line_kwargs: further keyword arguments of the curve's ``ax.plot`` (``lw``,
+            ``ls``, ``marker``, ``ms``, ...).
+
+    Returns:
+        ``(line, band)``: the curve's ``Line2D`` and the band's ``PolyCollection``.
+
+    Raises:
+        TypeError: if ``ax`` is not a matplotlib ``Axes``.
+        ValueError: if ``x``, ``mean`` and ``sem`` are not one-dimensional of one length,
+            or ``sem`` has a negative entry.
+    """
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+    x, mean, sem = _vector(x, "x"), _vector(mean, "mean"), _vector(sem, "sem")
+    if not len(x) == len(mean) == len(sem):
+        raise ValueError(f"x, mean and sem must have one length, got {len(x)}, {len(mean)} "
+                         f"and {len(sem)}")
+    if (sem < 0).any():
+        raise ValueError("sem must be non-negative (it is a standard error)")
+    (line,) = ax.plot(x, mean, color=color, label=label, **line_kwargs)
+    outline = {} if edges else {"lw": 0}
+    band = ax.fill_between(x, mean - sem, mean + sem, color=color, alpha=alpha,
+                           label=band_label, **outline)
+    return line, band
+
+
+def masked_diagonal_heatmap(ax: Axes, matrix: object, *, cmap: str | Colormap, vmin: float,
+                            vmax: float, bad: str | None = None) -> AxesImage:
+    """Draw a square matrix as an image with its diagonal masked.
+
+    For matrices of cosines between patches (of positions, blocks or prompts), whose diagonal
+    is 1 by definition: the diagonal is set to NaN, which the colour map draws in its "bad"
+    colour. The matrix is copied, never changed, and keeps its dtype.
+
+    Args:
+        ax: the axes to draw on.
+        matrix: ``(n, n)`` floating-point values (a tensor or an array).
+        cmap: the colour map (a name or a ``Colormap``).
+        vmin, vmax: the values at the two ends of the colour map.
+        bad: the colour of the masked diagonal (``None``: the colour map's own, transparent
+            for matplotlib's maps, so the axes' background shows).
+
+    Returns:
+        the ``AxesImage`` (for a colour bar).
+
+    Raises:
+        TypeError: if ``ax`` is not a matplotlib ``Axes`` or ``matrix`` is not floating-point.
+        ValueError: if ``matrix`` is not square or ``vmin >= vmax``.
+    """
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+    if hasattr(matrix, "detach"):
+        matrix = matrix.detach().cpu().numpy()
+    values = np.array(matrix, copy=True)
+    if values.ndim != 2 or values.shape[0] != values.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.floating):
+        raise TypeError(f"matrix must be floating-point (NaN marks the diagonal), got "
+                        f"{values.dtype}")
+    if not vmin < vmax:
+        raise ValueError(f"vmin must be below vmax, got {vmin} and {vmax}")
+    np.fill_diagonal(values, np.nan)
+    if bad is not None:
+        import matplotlib
+
+        colormap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+        cmap = colormap.with_extremes(bad=bad)
+    return ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)

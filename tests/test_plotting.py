@@ -124,3 +124,91 @@ def test_draws_into_a_given_axes():
 def test_bad_axes_is_a_type_error(draw):
     with pytest.raises(TypeError, match="ax must be a matplotlib Axes"):
         draw(ax="left")
+
+
+# The plots that recur across chapters: error_band and masked_diagonal_heatmap.
+
+
+@pytest.fixture
+def axes():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+def test_error_band_draws_the_mean_and_the_band_between_mean_minus_and_plus_sem(axes):
+    import numpy as np
+    import torch
+
+    values = torch.tensor([[1.0, 2.0, 4.0], [3.0, 2.0, 8.0], [2.0, 5.0, 6.0]])
+    mean, sem = values.mean(0), values.std(0) / 3**0.5
+    line, band = plotting.error_band(axes, [1, 2, 3], mean, sem, color="C2",
+                                     label="curve", lw=1.5, marker="o")
+    assert list(axes.lines) == [line] and list(axes.collections) == [band]
+    np.testing.assert_array_equal(line.get_ydata(), mean.numpy())
+    assert line.get_marker() == "o" and line.get_linewidth() == 1.5
+    # the band's outline runs along mean + sem and back along mean - sem
+    vertices = band.get_paths()[0].vertices
+    assert np.isclose(vertices[:, 1].max(), (mean + sem).max())
+    assert np.isclose(vertices[:, 1].min(), (mean - sem).min())
+    assert band.get_alpha() == 0.25 and band.get_linewidth()[0] == 0
+    handles, labels = axes.get_legend_handles_labels()
+    assert labels == ["curve"] and handles == [line]
+
+
+def test_error_band_labels_the_band_and_draws_its_edges_on_request(axes):
+    line, band = plotting.error_band(axes, [1, 2], [1.0, 2.0], [0.1, 0.2], color="C0",
+                                     band_label="mean ± s.e.", alpha=0.3, edges=True)
+    assert band.get_linewidth()[0] > 0 and band.get_alpha() == 0.3
+    assert axes.get_legend_handles_labels()[1] == ["mean ± s.e."]
+    assert line.get_label().startswith("_")  # no legend entry for the curve
+
+
+def test_error_band_rejects_bad_input(axes):
+    with pytest.raises(ValueError, match="one length"):
+        plotting.error_band(axes, [1, 2, 3], [1.0, 2.0], [0.1, 0.2], color="C0")
+    with pytest.raises(ValueError, match="one-dimensional"):
+        plotting.error_band(axes, [[1, 2]], [[1.0, 2.0]], [[0.1, 0.2]], color="C0")
+    with pytest.raises(ValueError, match="non-negative"):
+        plotting.error_band(axes, [1, 2], [1.0, 2.0], [0.1, -0.2], color="C0")
+    with pytest.raises(TypeError, match="matplotlib Axes"):
+        plotting.error_band("left", [1, 2], [1.0, 2.0], [0.1, 0.2], color="C0")
+
+
+def test_masked_diagonal_heatmap_masks_only_the_diagonal_and_keeps_the_input(axes):
+    import numpy as np
+    import torch
+
+    matrix = torch.arange(9, dtype=torch.float32).view(3, 3) / 10
+    before = matrix.clone()
+    image = plotting.masked_diagonal_heatmap(axes, matrix, cmap="viridis", vmin=0, vmax=1,
+                                             bad="white")
+    shown = np.ma.getdata(image.get_array())
+    assert shown.dtype == np.float32
+    assert np.isnan(np.diag(shown)).all()
+    off = ~np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(shown[off], matrix.numpy()[off])
+    assert torch.equal(matrix, before)  # the caller's matrix is not changed
+    assert image.get_clim() == (0, 1)
+    assert image.get_cmap().get_bad().tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_masked_diagonal_heatmap_keeps_the_colour_maps_own_bad_colour_by_default(axes):
+    import numpy as np
+
+    image = plotting.masked_diagonal_heatmap(axes, np.zeros((2, 2)), cmap="RdBu_r",
+                                             vmin=-1, vmax=1)
+    assert image.get_cmap().name == "RdBu_r"
+    assert image.get_cmap().get_bad()[3] == 0  # transparent
+
+
+def test_masked_diagonal_heatmap_rejects_bad_input(axes):
+    import numpy as np
+
+    with pytest.raises(ValueError, match="square"):
+        plotting.masked_diagonal_heatmap(axes, np.zeros((2, 3)), cmap="viridis", vmin=0, vmax=1)
+    with pytest.raises(TypeError, match="floating-point"):
+        plotting.masked_diagonal_heatmap(axes, np.zeros((2, 2), dtype=int), cmap="viridis",
+                                         vmin=0, vmax=1)
+    with pytest.raises(ValueError, match="vmin must be below vmax"):
+        plotting.masked_diagonal_heatmap(axes, np.zeros((2, 2)), cmap="viridis", vmin=1, vmax=0)
