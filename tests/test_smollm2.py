@@ -51,6 +51,30 @@ def test_few_shot_prompt_through_the_patch_chain(smollm2, index):
     assert relative_error(patched, prompted) <= tolerance
 
 
+def test_the_file_is_parsed_once_and_the_weights_are_the_files_own(smollm2):
+    """``load_smollm2`` hands ``transformers`` one parse of the GGUF file and one tensor-name map
+    (``pretrained._parse_gguf_once``); the gguf module is restored after, and the weights are the
+    file's: the token embedding equals a plain dequantisation of the file's ``token_embd``."""
+    import gguf
+    from gguf import gguf_reader, tensor_mapping
+
+    model = smollm2[0]
+    assert gguf.GGUFReader is gguf_reader.GGUFReader
+    assert gguf.get_tensor_name_map is tensor_mapping.get_tensor_name_map
+    path = pretrained.smollm2_file()
+    with pretrained._parse_gguf_once():
+        reader = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is reader
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 30)
+    assert gguf.GGUFReader is gguf_reader.GGUFReader
+    assert gguf.get_tensor_name_map is tensor_mapping.get_tensor_name_map
+    assert isinstance(reader, gguf_reader.GGUFReader)
+    embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    values = torch.from_numpy(gguf.dequantize(embedding.data, embedding.tensor_type).copy())
+    assert torch.equal(model.model.embed_tokens.weight, values.to(torch.float32))
+
+
 def test_load_without_the_package_names_the_pip_command(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
