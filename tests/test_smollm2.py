@@ -1,6 +1,6 @@
 """The pretrained SmolLM2-135M-Instruct from the pip package: a few-shot prompt through the patch chain.
 
-The model is loaded once for the module (about 20–30 s on the project's 2-core machine).
+The model is loaded once for the module (about 16 s on the project's 2-core machine).
 """
 
 from __future__ import annotations
