@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .checks import check_position, module_dtype_device
+from .checks import all_finite, check_position, module_dtype_device
 from .decoders import DecoderFamily, FirstLayer, decoder_layers, family_of, first_layer, split_modules
 from .implicit import ImplicitUpdate, check_reference
 
@@ -426,7 +426,7 @@ def _updates(
 
 def _check_finite(lm: _LanguageModel, tensors: list[Tensor], what: str) -> None:
     for x in tensors:
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError(
                 f"the {type(lm.model).__name__}'s own forward pass gave non-finite values in {what}; "
                 "with left padding this happens in transformers' eager attention in float64, where a fully "

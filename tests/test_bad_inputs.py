@@ -142,3 +142,26 @@ def test_bad_input_is_refused_with_a_clear_message(call, error, fragment):
 def test_the_table_has_no_duplicate_names():
     names = [case[0] for case in CASES]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_finite_agrees_with_the_entrywise_test(dtype):
+    """The one-reduction finiteness test behind the checks: a finite sum proves every entry
+    finite; a non-finite sum (NaN, ±inf, or finite entries that overflow when added) falls back
+    to the entrywise test, so large finite values are not refused."""
+    from icl_lib.checks import all_finite
+
+    big = torch.finfo(dtype).max
+    cases = {
+        "ordinary": torch.randn(3, 5, dtype=dtype),
+        "empty": torch.empty(0, 4, dtype=dtype),
+        "sum overflows": torch.full((4,), big, dtype=dtype),
+        "opposite overflows": torch.tensor([big, big, -big, -big], dtype=dtype),
+        "nan": torch.tensor([1.0, float("nan"), 2.0], dtype=dtype),
+        "inf": torch.tensor([1.0, float("inf")], dtype=dtype),
+        "inf and -inf": torch.tensor([float("inf"), float("-inf")], dtype=dtype),
+        "nan among huge": torch.tensor([big, float("nan"), big], dtype=dtype),
+    }
+    for name, x in cases.items():
+        assert all_finite(x) == bool(torch.isfinite(x).all()), name
+    assert all_finite(cases["sum overflows"]) and not all_finite(cases["inf and -inf"])
