@@ -85,8 +85,10 @@ def _parse_gguf_once() -> Iterator[None]:
     Loading a model and its tokenizer from one GGUF file, ``transformers`` parses the file three
     times (tokenizer, config, weights; about 5 s each for SmolLM2's 49 152-token vocabulary) and
     rebuilds the same GGUF-to-PyTorch tensor-name map for every submodule (397 times). Both are
-    pure functions of their arguments, read only, so the block hands back the first result; the
-    loaded weights and tokenizer are identical (tests/test_smollm2.py). Restored after.
+    pure functions of their arguments, read only, so the block hands back the first result. The
+    loaded weights and tokenizer are those of a load without it (every tensor and the whole
+    vocabulary compared when this was written; tests/test_smollm2.py checks the single parse, the
+    restore, and the token embedding against a plain dequantisation of the file). Restored after.
     """
     import gguf
 
