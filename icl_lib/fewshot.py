@@ -25,7 +25,7 @@ must be retrieved from the context).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -173,6 +173,14 @@ class TaskPrompts:
     def context_lengths(self) -> tuple[int, ...]:
         """The context length, in tokens, after ``0, 1, …, n_examples`` demonstrations."""
         return tuple(j * self.example_tokens for j in range(self.n_examples + 1))
+
+    def rows(self, index: Tensor) -> TaskPrompts:
+        """The prompts ``index`` (a 1-d index tensor of queries), with their answers."""
+        if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype == torch.bool:
+            raise ValueError("index must be a 1-d integer tensor of query rows")
+        return replace(
+            self, input_ids=self.input_ids[index], answers=tuple(self.answers[i] for i in index.tolist())
+        )
 
 
 def _single_token(tokenizer, word: str, what: str) -> int:

@@ -87,6 +87,19 @@ class ImplicitUpdate:
         """``‖ΔW‖_F = ‖W δ‖ / ‖a‖`` without forming ΔW; ``(B,)`` or ``(B, P)``."""
         return self.u.norm(dim=-1) / self._broadcast(self.v.norm(dim=-1))
 
+    def rows(self, index: Tensor) -> ImplicitUpdate:
+        """The update of the prompts ``index`` (a 1-d integer tensor of batch rows)."""
+        if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype == torch.bool:
+            raise ValueError("index must be a 1-d integer tensor of batch rows")
+
+        def pick(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[index]
+
+        return ImplicitUpdate(
+            u=self.u[index], v=self.v[index], delta_b=pick(self.delta_b), position=self.position,
+            n_tokens=self.n_tokens, position_ids=pick(self.position_ids),
+        )
+
 
 def _keep_from_absorb(absorb: Tensor) -> Tensor:
     """(B, N) mask of absorbed context tokens -> (B, N + 1) mask of kept tokens (query kept)."""

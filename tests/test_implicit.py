@@ -335,3 +335,34 @@ def test_seed_everything_is_deterministic(monkeypatch):
     monkeypatch.setenv(icl.seeding.THREADS_ENV, "two")
     with pytest.raises(ValueError, match="ICL_LIB_THREADS"):
         icl.seed_everything(0)
+
+
+def test_rows_of_an_update_and_of_task_prompts():
+    """``ImplicitUpdate.rows`` and ``TaskPrompts.rows`` take the same batch rows of every field."""
+    g = torch.Generator().manual_seed(0)
+    update = icl.ImplicitUpdate(
+        u=torch.randn(5, 3, 4, generator=g), v=torch.randn(5, 3, 2, generator=g),
+        delta_b=torch.randn(5, 3, 2, generator=g), position=None, n_tokens=7,
+        position_ids=torch.arange(15).reshape(5, 3),
+    )
+    index = torch.tensor([4, 1])
+    picked = update.rows(index)
+    for name in ("u", "v", "delta_b", "position_ids"):
+        assert torch.equal(getattr(picked, name), getattr(update, name)[index]), name
+    assert (picked.position, picked.n_tokens) == (None, 7)
+    assert update.rows(torch.tensor([0])).u.shape == (1, 3, 4)
+    no_shift = icl.ImplicitUpdate(update.u, update.v, None, None, 7)
+    assert no_shift.rows(index).delta_b is None and no_shift.rows(index).position_ids is None
+
+    prompts = icl.fewshot.TaskPrompts(
+        input_ids=torch.arange(20).reshape(5, 4), n_examples=1, kept_tokens=2, example_tokens=2,
+        item_position=0, answers=((10,), (11,), (12, 13), (14,), (15,)),
+    )
+    held = prompts.rows(index)
+    assert torch.equal(held.input_ids, prompts.input_ids[index])
+    assert held.answers == ((15,), (11,)) and held.kept_tokens == 2 and held.example_tokens == 2
+    for bad in (torch.tensor([True, False, True, False, False]), torch.tensor([[0]]), [0, 1]):
+        with pytest.raises(ValueError, match="1-d integer tensor"):
+            update.rows(bad)
+        with pytest.raises(ValueError, match="1-d integer tensor"):
+            prompts.rows(bad)
