@@ -21,7 +21,11 @@ shapes of the public implementation's table (``BLOCK_GRID``), bidirectional and 
 (g) every-position updates applied to the query alone,
     ``implicit_update(block, tokens, position="all")`` then ``forward_with_update(block, update,
     tokens[:, -1:])``, in ms and as the ratio to one forward pass, beside the public
-    implementation's figures (``PEER_MS``): target at least 3 × faster.
+    implementation's figures (``PEER_MS``): target at least 3 × faster. Beside it, ``attention``:
+    one ``scaled_dot_product_attention`` call on the block's head shapes, the kernel its attention
+    runs, alone (no every-position update on those shapes can be faster). With ``--peer-repo PATH``
+    (a clone of the public repository, and ``jax`` and ``equinox`` installed) the public code is
+    also timed in this process, in the same interleaved rounds (:mod:`icl_lib.bench_peer`).
 
 A third section, (h), measures the patches of the pretrained SmolLM2 against one forward pass
 (:mod:`icl_lib.bench_llm`).
@@ -62,8 +66,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.autograd import DeviceType
+from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from .bench_peer import PeerCode, load_peer, peer_call
 from .blocks import Block, Transformer
 from .contextual import SelfAttention
 from .implicit import ImplicitUpdate, block_inputs, forward_with_update, implicit_update, network_update
@@ -91,6 +97,7 @@ __all__ = [
     "fused_twin",
     "fused_forward",
     "every_position_outputs",
+    "attention_alone",
     "interleaved_seconds",
     "measure_block",
     "block_target_lines",
@@ -629,12 +636,17 @@ class BlockMeasurement:
         seconds: median wall-clock seconds per call: ``block`` (``icl.Block`` forward), ``fused`` and
             ``fused_sdpa`` (``nn.TransformerEncoderLayer`` forward with the same weights, with and
             without PyTorch's native fast path), ``torch`` (the faster of the two), ``update``
-            (every-position updates applied to the query alone).
+            (every-position updates applied to the query alone), ``attention`` (one
+            ``scaled_dot_product_attention`` call on random heads of the block's shapes: the kernel
+            the block's attention runs, alone), and ``peer`` where the public code was timed in
+            this process (``--peer-repo``, :mod:`icl_lib.bench_peer`).
         cpu_seconds: the same by CPU time of this process (empty on CUDA).
         fused_error: relative error between the fused layer's outputs and the block's (the larger of
             its two paths).
         theorem_error: relative error between the patched outputs of ``update`` and the block's
             prompted outputs at every position.
+        peer_error: where the public code was timed, the relative error of its predictions against
+            its own block's prompted outputs (:func:`icl_lib.bench_peer.peer_call`); else ``None``.
     """
 
     size: BlockSize
@@ -644,6 +656,7 @@ class BlockMeasurement:
     cpu_seconds: dict[str, float]
     fused_error: float
     theorem_error: float
+    peer_error: float | None = None
 
     def ratio(self, name: str, base: str, clock: str = "wall") -> float:
         """``seconds[name] / seconds[base]`` (``clock="cpu"``: CPU time)."""
@@ -656,6 +669,11 @@ class BlockMeasurement:
         if self.causal or self.size not in PEER_MS:
             return None
         return PEER_MS[self.size][self.dtype]
+
+    def peer_timed_ms(self, clock: str = "wall") -> float | None:
+        """The public code's time in this process (``--peer-repo``), or ``None`` where it did not run."""
+        times = self.seconds if clock == "wall" else self.cpu_seconds
+        return times["peer"] * 1e3 if "peer" in times else None
 
     @property
     def label(self) -> str:
@@ -795,10 +813,30 @@ def interleaved_seconds(
     return wall, cpu
 
 
+def attention_alone(size: BlockSize, dtype: torch.dtype, device: torch.device, causal: bool) -> Callable[[], Tensor]:
+    """One ``scaled_dot_product_attention`` call on random heads ``(B, heads, T, D / heads)``.
+
+    The kernel the block's softmax attention runs, without the projections around it: no
+    every-position update can take less time than this on the same shapes.
+    """
+    shape = (size.batch, size.heads, size.tokens, size.width // size.heads)
+    q, k, v = (torch.randn(shape, dtype=dtype, device=device) for _ in range(3))
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
 def measure_block(
-    size: BlockSize, dtype: torch.dtype, device: torch.device, causal: bool, repeats: int = 5
+    size: BlockSize,
+    dtype: torch.dtype,
+    device: torch.device,
+    causal: bool,
+    repeats: int = 5,
+    peer: PeerCode | None = None,
 ) -> BlockMeasurement:
-    """Time (f) and (g) for one configuration, and check both against the block's own outputs."""
+    """Time (f) and (g) for one configuration, and check both against the block's own outputs.
+
+    ``peer``: the public code (:func:`icl_lib.bench_peer.load_peer`), timed in the same rounds on
+    the CPU where its table has the configuration (bidirectional only; its block has no mask).
+    """
     block, tokens = build_block(size, dtype, device, causal)
     twin = fused_twin(block)
     calls = {
@@ -806,7 +844,11 @@ def measure_block(
         "fused": lambda: fused_forward(twin, tokens, causal),
         "fused_sdpa": lambda: fused_forward(twin, tokens, causal, fastpath=False),
         "update": lambda: every_position_outputs(block, tokens),
+        "attention": attention_alone(size, dtype, device, causal),
     }
+    peer_error = None
+    if peer is not None and not causal and device.type == "cpu":
+        calls["peer"], peer_error = peer_call(peer, size.batch, size.context, size.width, size.heads, dtype)
     with torch.no_grad():
         prompted = block(tokens)
         fused_error = max(_relative_error(calls[name](), prompted) for name in ("fused", "fused_sdpa"))
@@ -814,7 +856,7 @@ def measure_block(
         seconds, cpu_seconds = interleaved_seconds(calls, device, repeats)
     for times in (seconds, cpu_seconds) if cpu_seconds else (seconds,):
         times["torch"] = min(times["fused"], times["fused_sdpa"])  # PyTorch's faster path
-    return BlockMeasurement(size, dtype, causal, seconds, cpu_seconds, fused_error, theorem_error)
+    return BlockMeasurement(size, dtype, causal, seconds, cpu_seconds, fused_error, theorem_error, peer_error)
 
 
 _BLOCK_COLUMNS = (
@@ -830,8 +872,11 @@ _BLOCK_COLUMNS = (
     ("(f) ratio", 9),
     ("(g) ms", 8),
     ("(g)/block", 9),
+    ("attn ms", 8),
     ("peer ms", 7),
     ("peer/(g)", 8),
+    ("run ms", 8),
+    ("run/(g)", 7),
     ("err (f)", 7),
     ("err (g)", 7),
 )
@@ -847,7 +892,7 @@ def block_row(m: BlockMeasurement, clock: str = "wall") -> str:
     """One line of the (f), (g) table; ``clock="cpu"``: the times by CPU time."""
     s = m.size
     times = m.seconds if clock == "wall" else m.cpu_seconds
-    peer = m.peer_ms
+    peer, timed = m.peer_ms, m.peer_timed_ms(clock)
     cells = [
         _dtype_name(m.dtype),
         str(s.batch),
@@ -861,8 +906,11 @@ def block_row(m: BlockMeasurement, clock: str = "wall") -> str:
         f"{m.ratio('block', 'torch', clock):.2f}",
         f"{times['update'] * 1e3:.3f}",
         f"{m.ratio('update', 'block', clock):.2f}",
+        f"{times['attention'] * 1e3:.3f}",
         "-" if peer is None else f"{peer:g}",
         "-" if peer is None else f"{peer / (times['update'] * 1e3):.1f}",
+        "-" if timed is None else f"{timed:.3f}",
+        "-" if timed is None else f"{timed / (times['update'] * 1e3):.1f}",
         f"{m.fused_error:.1e}",
         f"{m.theorem_error:.1e}",
     ]
@@ -874,6 +922,21 @@ def _ratio_verdict(results: Sequence[BlockMeasurement], clock: str) -> str:
     ok = value <= FUSED_TARGET
     gap = f"MISS by {value - FUSED_TARGET:.2f}x ({100 * (value / FUSED_TARGET - 1):.0f}% over)"
     return f"{'PASS' if ok else gap}, worst {value:.2f}x ({worst.label})"
+
+
+def _peer_verdict(m: BlockMeasurement, peer_ms: float, peer_cpu_ms: float | None) -> str:
+    """PASS/MISS of (g) against a peer time (wall clock; by CPU time too where both have one)."""
+    ms, limit = m.seconds["update"] * 1e3, peer_ms / PEER_SPEEDUP_TARGET
+    verdict = "PASS" if ms <= limit else f"MISS ({100 * (ms / limit - 1):.0f}% over)"
+    text = f"{ms:.3g} ms <= peer {peer_ms:.3g} / {PEER_SPEEDUP_TARGET:g} = {limit:.3g} ms: {verdict} " \
+           f"({peer_ms / ms:.1f}x faster)"
+    if m.cpu_seconds and peer_cpu_ms is not None:
+        cpu_ms, cpu_limit = m.cpu_seconds["update"] * 1e3, peer_cpu_ms / PEER_SPEEDUP_TARGET
+        text += f"; by CPU time {cpu_ms:.3g} ms <= {cpu_limit:.3g}: {'PASS' if cpu_ms <= cpu_limit else 'MISS'}"
+    attention = m.seconds["attention"] * 1e3
+    if ms > limit and attention > limit:
+        text += f"; out of reach here: the attention kernel alone takes {attention:.3g} ms"
+    return text
 
 
 def block_target_lines(results: Sequence[BlockMeasurement]) -> list[str]:
@@ -890,17 +953,15 @@ def block_target_lines(results: Sequence[BlockMeasurement]) -> list[str]:
         lines.append("target (g) every-position updates >= 3x faster than the public implementation: NOT RUN "
                      "(no configuration of its table ran)")
     for m in compared:
-        ms, limit = m.seconds["update"] * 1e3, m.peer_ms / PEER_SPEEDUP_TARGET
-        speedup = m.peer_ms / ms
-        verdict = "PASS" if ms <= limit else f"MISS ({100 * (ms / limit - 1):.0f}% over)"
-        cpu = ""
-        if m.cpu_seconds:
-            cpu_ms = m.cpu_seconds["update"] * 1e3
-            cpu = f"; by CPU time {cpu_ms:.3g} ms: {'PASS' if cpu_ms <= limit else 'MISS'}"
-        lines.append(
-            f"target (g) {m.label}: {ms:.3g} ms <= peer {m.peer_ms:g} / {PEER_SPEEDUP_TARGET:g} = {limit:.3g} ms: "
-            f"{verdict} ({speedup:.1f}x faster){cpu}"
-        )
+        lines.append(f"target (g) {m.label}: " + _peer_verdict(m, m.peer_ms, m.peer_ms))
+    timed = [m for m in results if m.peer_timed_ms() is not None]
+    for m in timed:
+        cpu = m.peer_timed_ms("cpu") if m.cpu_seconds else None
+        lines.append(f"target (g), peer timed in this run, {m.label}: " + _peer_verdict(m, m.peer_timed_ms(), cpu))
+    if timed:
+        worst = max(m.peer_error for m in timed)
+        lines.append(f"note: the peer's own predictions vs its block's prompted outputs: rel. error up to {worst:.1e} "
+                     "(its update leaves out the MLP's LayerNorm)")
     for name, attribute, what in (
         ("(f)", "fused_error", "nn.TransformerEncoderLayer outputs == icl.Block outputs"),
         ("(g)", "theorem_error", "patched outputs == prompted outputs at every position"),
@@ -925,14 +986,18 @@ def run_block_benchmark(
     device: torch.device,
     repeats: int = 5,
     emit: Callable[[str], None] = print,
+    peer: PeerCode | None = None,
 ) -> list[BlockMeasurement]:
-    """Measure (f), (g) for every (dtype, size, attention) triple, emitting the table line by line."""
+    """Measure (f), (g) for every (dtype, size, attention) triple, emitting the table line by line.
+
+    ``peer``: the public code, timed beside (g) on the bidirectional configurations (:func:`measure_block`).
+    """
     emit(block_header())
     results = []
     for dtype in dtypes:
         for size in sizes:
             for causal in CAUSAL_MODES:
-                results.append(measure_block(size, dtype, device, causal, repeats=repeats))
+                results.append(measure_block(size, dtype, device, causal, repeats=repeats, peer=peer))
                 emit(block_row(results[-1]))
     return results
 
@@ -1019,14 +1084,22 @@ def _block_section(args: argparse.Namespace, device: torch.device, dtypes: Seque
           "github.com/francesco-innocenti/generalising-icl (jit-compiled compute_implicit_icl_updates + "
           "compute_vectorised_theory_preds), measured by a colleague on this machine, one thread, jax 0.10.2 / "
           "equinox 0.13.8; its block is bidirectional, GELU, MLP width 4D with two hidden layers (ours: one)")
+    print("attn ms: one scaled_dot_product_attention call on random heads (B, heads, T, D / heads), the kernel the "
+          "block's attention runs, alone: a floor for (g) on these shapes")
     if torch.get_num_threads() != 1:
         print(f"note: {torch.get_num_threads()} torch threads here; the peer's figures are for one thread")
+    peer = getattr(args, "peer", None)  # loaded by main from --peer-repo
+    if peer is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print(f"run ms: the public code timed in this process, in the same interleaved rounds ({peer.versions}; "
+              f"clone {peer.repo}; use_skips=True, use_layer_norm=True; this process may run on {cores} core(s)"
+              f"{'' if cores == 1 else ', so XLA may use more than one: pin it with taskset -c 0 for one thread'})")
     print(f"times: median of {args.repeats} interleaved rounds after 1 warm-up round, each round the mean of as many "
           "calls as last 20 ms, torch.no_grad()")
     print("err (f): rel. error of the fused layer's outputs vs the block's; err (g): of the patched outputs vs the "
           "prompted ones")
     print()
-    results = run_block_benchmark(sizes, dtypes, device, repeats=args.repeats)
+    results = run_block_benchmark(sizes, dtypes, device, repeats=args.repeats, peer=peer)
     if device.type == "cpu":
         print()
         print("the same timings by CPU time of this process (time.process_time, medians):")
@@ -1075,6 +1148,13 @@ def _parser() -> argparse.ArgumentParser:
         "grid = (a)-(e) on stacks, block = (f), (g) on one block, llm = (h) on the pretrained SmolLM2",
     )
     parser.add_argument(
+        "--peer-repo",
+        default=None,
+        metavar="PATH",
+        help="a clone of github.com/francesco-innocenti/generalising-icl: time its code beside (g) in this process "
+        "(needs jax and equinox; see icl_lib.bench_peer)",
+    )
+    parser.add_argument(
         "--naive-max-mib",
         type=float,
         default=1024.0,
@@ -1108,6 +1188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but torch sees no CUDA device")
     dtypes = list(DTYPES.values()) if args.dtype == "both" else [DTYPES[args.dtype]]
+    args.peer = None
+    if args.peer_repo is not None:
+        if "block" not in sections:
+            parser.error("--peer-repo times the public code beside (g): add the block section to --sections")
+        if device.type != "cpu":
+            parser.error("--peer-repo: the public code is timed on the CPU only")
+        try:
+            args.peer = load_peer(args.peer_repo)
+        except (FileNotFoundError, ModuleNotFoundError, AttributeError) as error:
+            parser.error(f"--peer-repo: {error}")
 
     print(f"icl_lib benchmark ({'quick' if args.quick else 'default'} grids): {_machine(device)}")
     print()

@@ -8,6 +8,7 @@ checks can fail, and that the quick mode prints the table and one verdict per ta
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -203,7 +204,8 @@ def test_interleaved_seconds_batches_short_calls():
 
 def test_block_measurement_and_its_verdicts():
     m = bench.measure_block(BLOCK, torch.float64, torch.device("cpu"), causal=False, repeats=1)
-    assert {"block", "fused", "fused_sdpa", "torch", "update"} <= set(m.seconds) and m.cpu_seconds
+    assert {"block", "fused", "fused_sdpa", "torch", "update", "attention"} <= set(m.seconds) and m.cpu_seconds
+    assert "peer" not in m.seconds and m.peer_timed_ms() is None and m.peer_error is None
     assert m.seconds["torch"] == min(m.seconds["fused"], m.seconds["fused_sdpa"])
     assert m.fused_error <= TOLERANCE[torch.float64] and m.theorem_error <= TOLERANCE[torch.float64]
     assert m.peer_ms is None and bench.block_correct([m])
@@ -220,6 +222,16 @@ def test_block_measurement_and_its_verdicts():
         line = [line for line in bench.block_target_lines([timed]) if line.startswith("target (g)")][0]
         assert verdict in line and peer_size.label in line
     assert dataclasses.replace(at_peer, causal=True).peer_ms is None  # the peer's block is bidirectional
+    # The peer timed in this run (--peer-repo), judged against its own time; a floor named where missed.
+    for peer_seconds, verdict in ((3.5 * m.seconds["update"], "PASS"), (1.5 * m.seconds["update"], "MISS")):
+        seconds = {**m.seconds, "peer": peer_seconds, "attention": 0.9 * m.seconds["update"]}
+        timed = dataclasses.replace(m, seconds=seconds, cpu_seconds={}, peer_error=0.25)
+        assert timed.peer_timed_ms() == pytest.approx(peer_seconds * 1e3)
+        lines = bench.block_target_lines([timed])
+        line = [line for line in lines if line.startswith("target (g), peer timed in this run")][0]
+        assert line.split(": ", 1)[1].split(" (")[0].endswith(verdict) and BLOCK.label in line
+        assert ("out of reach" in line) == (verdict == "MISS")  # the attention kernel alone exceeds the limit
+        assert any("rel. error up to 2.5e-01" in line for line in lines)
     wrong = dataclasses.replace(m, theorem_error=1.0)
     assert any("FAIL" in line for line in bench.block_target_lines([wrong])) and not bench.block_correct([wrong])
 
@@ -234,11 +246,12 @@ def test_peer_table_is_the_block_grid():
 def test_quick_block_section_prints_its_table_and_verdicts(capsys):
     assert bench.main(["--quick", "--repeats", "1", "--dtype", "float32", "--sections", "block"]) == 0
     out = capsys.readouterr().out
-    for column in ("block ms", "torch ms", "(f) ratio", "(g) ms", "(g)/block", "peer ms", "peer/(g)"):
+    for column in ("block ms", "torch ms", "(f) ratio", "(g) ms", "(g)/block", "attn ms", "peer ms", "peer/(g)",
+                   "run ms", "run/(g)"):
         assert column in out
     rows = [line for line in out.splitlines() if line.startswith("float32")]
     assert len(rows) == 2 * 2 * len(bench.QUICK_BLOCK_GRID)  # two attentions; the table, then by CPU time
-    assert all(len(line.split()) == 16 for line in rows)
+    assert all(len(line.split()) == 19 for line in rows)
     assert len([line for line in out.splitlines() if line.startswith("target (f)")]) == 1
     peer_lines = [line for line in out.splitlines() if line.startswith("target (g)")]
     assert len(peer_lines) == 1 and any(word in peer_lines[0] for word in ("PASS", "MISS"))  # one peer shape
@@ -249,3 +262,73 @@ def test_sections_option():
     with pytest.raises(SystemExit):
         bench.main(["--sections", "grid,nonsense"])
     assert list(bench.SECTIONS) == ["grid", "block", "llm"]
+
+
+# ----------------------------------------------------------------------------- (g) beside the public code
+
+
+def _fake_clone(folder, model_source: str) -> None:
+    folder.mkdir()
+    (folder / "utils.py").write_text("SIZE = 3\n")
+    (folder / "model.py").write_text(model_source)
+    (folder / "analytical.py").write_text("def compute_implicit_icl_updates(*args):\n    return args\n")
+
+
+@pytest.fixture
+def fake_jax(monkeypatch):
+    """Stand-ins for jax and equinox, so that load_peer's import logic runs without them installed."""
+    import types
+
+    jax = types.ModuleType("jax")
+    jax.__version__ = "0.0-test"
+    settings = {}
+    jax.config = types.SimpleNamespace(update=settings.__setitem__)
+    equinox = types.ModuleType("equinox")
+    equinox.__version__ = "0.0-test"
+    monkeypatch.setitem(sys.modules, "jax", jax)
+    monkeypatch.setitem(sys.modules, "equinox", equinox)
+    return settings
+
+
+def test_load_peer_imports_the_clone_and_names_what_is_missing(tmp_path, fake_jax):
+    from icl_lib import bench_peer
+
+    complete = "from utils import SIZE\nclass Transformer: pass\ndef compute_vectorised_theory_preds(): pass\n"
+    _fake_clone(tmp_path / "clone", complete)
+    peer = bench_peer.load_peer(tmp_path / "clone")
+    assert peer.model.SIZE == 3 and callable(peer.analytical.compute_implicit_icl_updates)  # its utils imported
+    assert peer.versions == "jax 0.0-test, equinox 0.0-test" and fake_jax == {"jax_enable_x64": True}
+    assert str(tmp_path / "clone") not in sys.path  # the clone's folder was on sys.path only for the import
+    _fake_clone(tmp_path / "other", "class Transformer: pass\n")
+    with pytest.raises(AttributeError, match="no compute_vectorised_theory_preds"):
+        bench_peer.load_peer(tmp_path / "other")
+
+
+def test_load_peer_refuses_what_is_not_a_clone(tmp_path, monkeypatch):
+    from icl_lib import bench_peer
+
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        bench_peer.load_peer(tmp_path / "absent")
+    (tmp_path / "model.py").write_text("")
+    with pytest.raises(FileNotFoundError, match="lacks analytical.py"):
+        bench_peer.load_peer(tmp_path)
+    (tmp_path / "analytical.py").write_text("")
+    monkeypatch.setitem(sys.modules, "jax", None)  # as if jax were not installed
+    with pytest.raises(ModuleNotFoundError, match="pip install jax==0.10.2 jaxlib==0.10.2 equinox==0.13.8"):
+        bench_peer.load_peer(tmp_path)
+
+
+def test_peer_repo_option_is_checked_before_anything_runs(tmp_path, capsys):
+    for argv, message in (
+        (["--peer-repo", str(tmp_path / "absent"), "--sections", "block"], "is not a folder"),
+        (["--peer-repo", str(tmp_path), "--sections", "grid"], "add the block section"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_attention_alone_is_the_kernel_on_the_blocks_head_shapes():
+    size = bench.BlockSize(batch=2, context=5, width=6, heads=3)
+    out = bench.attention_alone(size, torch.float64, torch.device("cpu"), causal=True)()
+    assert out.shape == (2, 3, 6, 2) and out.dtype == torch.float64
