@@ -202,8 +202,13 @@ class _Trace:
 
 
 def _select(x: Tensor, at: int | slice | None) -> Tensor:
-    """``(B, T, ·)`` at one position (``(B, ·)``), at a slice of positions, or at every position (``None``)."""
-    return x if at is None else x[:, at]
+    """``(B, T, ·)`` at one position (``(B, ·)``), at a slice of positions, or at every position (``None``).
+
+    A part is copied: a view would keep the whole ``(B, T, ·)`` activation alive until the pass
+    ends (30 layers × a few such tensors for SmolLM2), and the allocator would then take fresh,
+    not yet touched memory for the next layer's activations instead of reusing it.
+    """
+    return x if at is None else x[:, at].clone()
 
 
 @dataclass(frozen=True)

@@ -364,3 +364,21 @@ def test_relative_block_gaps_divide_by_the_prompted_outputs():
     tokens = torch.randn(3, 5, 4, dtype=torch.float64)
     gaps = icl.block_gaps(stack, tokens, relative=True)
     assert gaps.shape == (3, 2) and (gaps <= 1e-12).all()
+
+
+def test_recorded_parts_of_activations_do_not_keep_the_whole_activations_alive():
+    """A hooked pass keeps each layer's query-position values, not views of its (B, T, ·) activations:
+    a view would hold every layer's full activation until the pass ends (the query update of
+    SmolLM2 then needed 64 MiB at T = 128 instead of 4)."""
+    from icl_lib.language_models import _language_model, _prompt, _trace
+
+    model = build("llama", "small", 0, torch.float32)
+    lm = _language_model(model)
+    prompt = _prompt(lm, prompt_ids(2, 9, 0), None, min_tokens=2)
+    trace = _trace(lm, prompt, {"inputs": slice(-1, None), "pre": -1, "residual": -1, "outputs": -1}, logits=False)
+    recorded = trace.inputs + trace.pre + trace.residual + trace.outputs
+    assert len(recorded) == 4 * len(lm.layers)
+    for part in recorded:
+        assert part.untyped_storage().nbytes() == part.numel() * part.element_size()
+    whole = _trace(lm, prompt, {"pre": None}, logits=False).pre  # every position: the activations themselves
+    assert all(pre.shape[1] == 9 for pre in whole)
