@@ -52,7 +52,9 @@ VIEWPORT = {"width": 1280, "height": 900}
 MODES = ("light", "dark")
 # WCAG 2.1 contrast ratios for text: 4.5 for body text, 3 for large text (24 px, or 18.66 px bold).
 MIN_CONTRAST, MIN_CONTRAST_LARGE = 4.5, 3.0
-TIMEOUT_MS = 30_000
+# Every browser wait (launch, load, network idle): generous, because this 2-core virtual machine
+# has slow spells; 30 s once timed out waiting for chapter 2's late requests while the page was fine.
+TIMEOUT_MS = 90_000
 
 # Types of sphinx-proof directives (each renders as <div class="proof TYPE admonition">; a proof
 # renders as <div class="proof admonition">).
