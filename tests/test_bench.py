@@ -295,7 +295,10 @@ def test_load_peer_imports_the_clone_and_names_what_is_missing(tmp_path, fake_ja
 
     complete = "from utils import SIZE\nclass Transformer: pass\ndef compute_vectorised_theory_preds(): pass\n"
     _fake_clone(tmp_path / "clone", complete)
-    peer = bench_peer.load_peer(tmp_path / "clone")
+    try:
+        peer = bench_peer.load_peer(tmp_path / "clone")
+    finally:
+        sys.modules.pop("utils", None)  # the fake clone's utils.py, imported by its model.py
     assert peer.model.SIZE == 3 and callable(peer.analytical.compute_implicit_icl_updates)  # its utils imported
     assert peer.versions == "jax 0.0-test, equinox 0.0-test" and fake_jax == {"jax_enable_x64": True}
     assert str(tmp_path / "clone") not in sys.path  # the clone's folder was on sys.path only for the import
