@@ -10,9 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["all_finite", "check_tokens", "check_mask", "check_position", "module_dtype_device"]
+__all__ = ["all_finite", "check_tokens", "check_mask", "check_position", "check_rows", "module_dtype_device"]
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_rows(index: object, what: str) -> Tensor:
+    """``index`` as given, if it is a 1-d integer tensor picking rows (``what`` names them)."""
+    if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype == torch.bool:
+        raise ValueError(f"index must be a 1-d integer tensor of {what}")
+    return index
 
 
 def all_finite(x: Tensor) -> bool:

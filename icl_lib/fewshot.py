@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from .checks import check_rows
+
 __all__ = ["FewShotTask", "TaskPrompts", "TASKS", "task_prompts", "answer_accuracy"]
 
 
@@ -176,8 +178,7 @@ class TaskPrompts:
 
     def rows(self, index: Tensor) -> TaskPrompts:
         """The prompts ``index`` (a 1-d index tensor of queries), with their answers."""
-        if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype == torch.bool:
-            raise ValueError("index must be a 1-d integer tensor of query rows")
+        index = check_rows(index, "query rows")
         return replace(
             self, input_ids=self.input_ids[index], answers=tuple(self.answers[i] for i in index.tolist())
         )

@@ -16,12 +16,12 @@ exactly the prompted output at position ``p``. We store the two factors ``u = W 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from .checks import check_mask, check_position, check_tokens, module_dtype_device
+from .checks import check_mask, check_position, check_rows, check_tokens, module_dtype_device
 from .decoders import is_language_model
 from .views import BlockView, stack_of, view_of
 
@@ -89,16 +89,13 @@ class ImplicitUpdate:
 
     def rows(self, index: Tensor) -> ImplicitUpdate:
         """The update of the prompts ``index`` (a 1-d integer tensor of batch rows)."""
-        if not isinstance(index, Tensor) or index.ndim != 1 or index.dtype == torch.bool:
-            raise ValueError("index must be a 1-d integer tensor of batch rows")
+        index = check_rows(index, "batch rows")
 
         def pick(x: Tensor | None) -> Tensor | None:
             return None if x is None else x[index]
 
-        return ImplicitUpdate(
-            u=self.u[index], v=self.v[index], delta_b=pick(self.delta_b), position=self.position,
-            n_tokens=self.n_tokens, position_ids=pick(self.position_ids),
-        )
+        return replace(self, u=self.u[index], v=self.v[index], delta_b=pick(self.delta_b),
+                       position_ids=pick(self.position_ids))
 
 
 def _keep_from_absorb(absorb: Tensor) -> Tensor:
