@@ -29,7 +29,7 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX_DIR     := _build/mathjax
 MATHJAX         := $(MATHJAX_DIR)/node_modules/mathjax/es5/tex-mml-chtml.js
 
-.PHONY: venv test unit nbval book site notebooks timings clean
+.PHONY: venv test unit nbval book site notebooks timings portability clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,13 @@ notebooks: $(STAMP)
 ## make timings: how long each chapter takes to execute (the notebooks are left unchanged)
 timings: $(STAMP)
 	$(BIN)/python tests/execute_notebooks.py --time $(NOTEBOOKS)
+
+## make portability: make unit and strict make nbval under every instruction set this CPU offers
+## (ATEN_CPU_CAPABILITY=default, avx2, avx512, with MKL_ENABLE_INSTRUCTIONS and ONEDNN_MAX_CPU_ISA
+## set to match), each at ICL_LIB_THREADS=1 and 2; logs in _build/portability. Not part of make
+## test (about half an hour here); run it before committing a changed chapter
+portability: $(STAMP)
+	$(BIN)/python tests/portability.py
 
 ## make clean: remove the built book
 clean:

@@ -11,7 +11,13 @@ rate to zero (or a constant rate). A fixed validation set is scored at regular i
 
 All randomness (initialisation, training tasks, validation tasks) comes from generators seeded
 from ``config.seed``; the global random state is left as it was. With a fixed thread count
-(:func:`icl_lib.seed_everything`) two runs give bit-identical weights.
+(:func:`icl_lib.seed_everything`) two runs on one machine give bit-identical weights.
+
+On another CPU they need not: the instruction set (AVX2, AVX-512, AMX) changes how matrix
+products and reductions round, and thousands of optimiser steps carry a float32 difference of
+one rounding into the third digit of the trained losses. ``TrainingConfig(dtype=torch.float64)``
+trains in double precision, where the same differences stay near 1e-12; the chapters that print
+trained results to three digits without float32 being their subject train that way.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ class TrainingConfig:
             above), a linear embedding of the ``d + 1``-wide tokens and a read-out back to ``d + 1``
             coordinates, so the prediction is again the last coordinate at the query.
         width: the stack's token width (``n_heads`` must divide it); set exactly when ``depth`` is.
+        dtype: ``torch.float32`` (default) or ``torch.float64``: the precision of the weights, the
+            tasks and every training step. Whatever the dtype, the initial weights are drawn in
+            float32 and the tasks in float64 (:func:`icl_lib.sample_regression`), then cast: a
+            float64 run starts from the same block and sees the same tasks as the float32 one.
     """
 
     dim: int = 2
@@ -81,6 +91,7 @@ class TrainingConfig:
     contextual: str = "softmax"
     depth: int | None = None
     width: int | None = None
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_context", "hidden", "n_heads", "steps", "batch", "eval_every", "n_val"):
@@ -106,6 +117,8 @@ class TrainingConfig:
             raise ValueError("layer_norm=True requires residual=True (a pre-LN residual block)")
         if self.contextual not in CONTEXTUAL_LAYERS:
             raise ValueError(f"unknown contextual layer {self.contextual!r}; choose one of {CONTEXTUAL_LAYERS}")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
 
     @property
     def token_dim(self) -> int:
@@ -143,7 +156,9 @@ def _seeds(seed: int, count: int) -> list[int]:
 
 
 def build_block(config: TrainingConfig) -> Block | Transformer:
-    """A freshly initialised float32 :class:`icl_lib.Block` for ``config`` (seeded; global RNG untouched).
+    """A freshly initialised :class:`icl_lib.Block` of dtype ``config.dtype`` (seeded; global RNG untouched).
+
+    The weights are drawn in float32 and then cast, so both dtypes start from the same block.
 
     With ``config.depth`` set, an :class:`icl_lib.Transformer` stack instead (see :class:`TrainingConfig`).
     """
@@ -152,7 +167,7 @@ def build_block(config: TrainingConfig) -> Block | Transformer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seeds(config.seed, 3)[0])
         if config.depth is not None:
-            return Transformer(
+            block = Transformer(
                 config.width,
                 config.depth,
                 config.hidden,
@@ -164,15 +179,17 @@ def build_block(config: TrainingConfig) -> Block | Transformer:
                 activation=config.activation,
                 contextual=config.contextual,
             )
-        return Block(
-            config.token_dim,
-            config.hidden,
-            config.n_heads,
-            residual=config.residual,
-            layer_norm=config.layer_norm,
-            activation=config.activation,
-            contextual=config.contextual,
-        )
+        else:
+            block = Block(
+                config.token_dim,
+                config.hidden,
+                config.n_heads,
+                residual=config.residual,
+                layer_norm=config.layer_norm,
+                activation=config.activation,
+                contextual=config.contextual,
+            )
+    return block.to(config.dtype)
 
 
 def predict(block: torch.nn.Module, tokens: Tensor) -> Tensor:
@@ -195,7 +212,7 @@ def predict_implicit(block: torch.nn.Module, tokens: Tensor) -> Tensor:
 
 @single_thread()
 def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | Transformer, TrainingHistory]:
-    """Train a block from scratch under ``config``; returns it (eval mode, float32) and its history.
+    """Train a block from scratch under ``config``; returns it (eval mode, ``config.dtype``) and its history.
 
     Training runs on one torch thread (``icl_lib.seeding.single_thread``), so the trained
     weights do not depend on the caller's thread count.
@@ -215,7 +232,12 @@ def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | 
     _, device = module_dtype_device(block)
     train_gen = torch.Generator(device).manual_seed(train_seed)
     val = sample_regression(
-        config.n_val, config.n_context, config.dim, generator=torch.Generator(device).manual_seed(val_seed), device=device
+        config.n_val,
+        config.n_context,
+        config.dim,
+        generator=torch.Generator(device).manual_seed(val_seed),
+        dtype=config.dtype,
+        device=device,
     )
     optimiser = torch.optim.Adam(block.parameters(), lr=config.lr)
     scheduler = (
@@ -240,7 +262,9 @@ def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | 
     for step in range(config.steps):
         if step % config.eval_every == 0:
             validate(step)
-        tasks = sample_regression(config.batch, config.n_context, config.dim, generator=train_gen, device=device)
+        tasks = sample_regression(
+            config.batch, config.n_context, config.dim, generator=train_gen, dtype=config.dtype, device=device
+        )
         loss = regression_loss(predict(block, tasks.tokens), tasks.targets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

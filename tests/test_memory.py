@@ -47,8 +47,13 @@ def test_token_influence_matches_dense_updates(contextual):
         edited[:, j] = replacements[:, j]
         want = (icl.implicit_update(block, edited).delta_W - base).flatten(1).norm(dim=-1)
         torch.testing.assert_close(influence[:, j], want, rtol=1e-10, atol=1e-12)
-    # replacing a token by itself changes nothing
-    assert torch.equal(token_influence(block, tokens, tokens[:, :-1]), torch.zeros(3, 5, dtype=torch.float64))
+    # replacing a token by itself changes nothing, up to round-off: the edited copies go through
+    # the block as one batch of B·N prompts and the reference as a batch of B, and a CPU's matrix
+    # kernels may split the two batch sizes differently (IEEE arithmetic promises identical
+    # results only for identical operations), so u′ and u may differ by a few roundings of u
+    self_influence = token_influence(block, tokens, tokens[:, :-1])
+    eps = torch.finfo(torch.float64).eps
+    assert (self_influence <= 16 * eps * base.flatten(1).norm(dim=-1)[:, None]).all()
 
 
 def test_softmax_attention_weighs_positions_alike_and_memoryless_rnn_sees_nothing():
@@ -60,11 +65,17 @@ def test_softmax_attention_weighs_positions_alike_and_memoryless_rnn_sees_nothin
     same = torch.randn(2, 1, 3, dtype=torch.float64).expand(2, 4, 3)
     influence = token_influence(attention, tokens[:, [0, 0, 0, 0, 4]], same)
     torch.testing.assert_close(influence, influence[:, :1].expand(2, 4), rtol=1e-10, atol=0.0)
-    # a recurrent layer with no recurrence forgets everything before the query: ΔW = 0
+    # a recurrent layer with no recurrence forgets everything before the query: ΔW = 0 in exact
+    # arithmetic. In floating point A(C, x) and A(x) are the same formula, tanh(W_in x + b), but
+    # computed in batches of different shapes, so δ = A(C, x) − A(x) is a few roundings of A(x)
+    # at most and every ΔW = W δ aᵀ/‖a‖² is at most a few roundings times ‖W‖_F
     rnn = icl.Block(3, 8, contextual="recurrent").double()
     with torch.no_grad():
         rnn.attn.recurrent.weight.zero_()
-    assert torch.equal(token_influence(rnn, tokens, torch.randn(2, 4, 3, dtype=torch.float64)), torch.zeros(2, 4, dtype=torch.float64))
+    forgetful = token_influence(rnn, tokens, torch.randn(2, 4, 3, dtype=torch.float64))
+    eps = torch.finfo(torch.float64).eps
+    assert forgetful.shape == (2, 4)
+    assert (forgetful <= 16 * eps * rnn.mlp.up.weight.norm()).all()
 
 
 def test_token_influence_bad_inputs():

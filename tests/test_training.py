@@ -55,6 +55,22 @@ def test_a_short_training_run_learns_in_context():
     assert with_context < 0.8 * alone
 
 
+def test_float64_training_starts_from_the_same_block_and_tasks():
+    config32 = icl.TrainingConfig(**SMALL)
+    config64 = icl.TrainingConfig(**SMALL, dtype=torch.float64)
+    start32, start64 = icl.build_block(config32), icl.build_block(config64)
+    for (name, p32), p64 in zip(start32.state_dict().items(), start64.state_dict().values()):
+        assert p64.dtype == torch.float64 and torch.equal(p32.double(), p64), name
+    block32, hist32 = icl.train_block(config32)
+    block64, hist64 = icl.train_block(config64)
+    assert block64.mlp.up.weight.dtype == torch.float64 and not block64.training
+    # the same tasks and initial weights: the two runs agree to float32 round-off at step 0 ...
+    assert abs(hist64.train_loss[0] - hist32.train_loss[0]) < 1e-5 * hist64.train_loss[0]
+    # ... and float64's implicit validation gap is at its own round-off
+    assert hist64.val_max_gap.max() < 1e-12
+    np.testing.assert_allclose(hist64.val_loss, hist32.val_loss, rtol=1e-2)
+
+
 def test_predictions_agree_in_float64():
     block, _ = icl.train_block(icl.TrainingConfig(**SMALL))
     block64 = copy.deepcopy(block).double()
@@ -88,6 +104,8 @@ def test_constant_schedule_runs():
         (dict(activation="swish"), ValueError, "activation"),
         (dict(layer_norm=True), ValueError, "layer_norm"),
         (dict(seed=-1), ValueError, "seed"),
+        (dict(dtype=torch.float16), TypeError, "dtype"),
+        (dict(dtype="float64"), TypeError, "dtype"),
     ],
 )
 def test_bad_configs(kwargs, error, match):
