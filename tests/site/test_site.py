@@ -8,18 +8,36 @@ Screenshots land in `_build/screenshots/NAME.png` (light) and `NAME-dark.png` (d
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 
 import pytest
 
 from sitecheck import HTML, MODES, PROOF_TYPES, ROOT, RenderedPage, TocPage, html_ids, local_target, toc_pages
 
+
+def colab_cells():
+    """tests/colab_cells.py, which reads the repository and branch from _config.yml (the one place
+    that names them) and writes the notebooks' install cells from it."""
+    module = sys.modules.get("colab_cells")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("colab_cells", ROOT / "tests" / "colab_cells.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["colab_cells"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
 PAGES = toc_pages()
 VIEWS = [(page, mode) for page in PAGES for mode in MODES]
-COLAB = "https://colab.research.google.com/github/icl-book/learning-without-training/blob/main/book/{}.ipynb"
-COLAB_ANY = re.compile(r"^https://colab\.research\.google\.com/github/icl-book/"
-                       r"learning-without-training/blob/main/book/(?P<name>[A-Za-z0-9_]+)\.ipynb$")
+# The launch link Jupyter Book builds from _config.yml's repository.url and repository.branch:
+# COLAB_PREFIX + NAME.ipynb, with COLAB_PREFIX = https://colab.research.google.com/github/OWNER/
+# REPO/blob/BRANCH/book/.
+COLAB_PREFIX = colab_cells().load_source().colab_prefix
+COLAB = COLAB_PREFIX + "{}.ipynb"
+COLAB_ANY = re.compile("^" + re.escape(COLAB_PREFIX) + r"(?P<name>[A-Za-z0-9_]+)\.ipynb$")
 
 # TeX that MathJax should have replaced: delimiters, and control words outside code.
 RAW_TEX = {
