@@ -323,18 +323,24 @@ def test_absent_tokens_are_as_if_removed(layer_kind: str):
 
 
 def test_seed_everything_is_deterministic(monkeypatch):
-    icl.seed_everything(3)
-    first = icl.Block(4, 8)(torch.randn(2, 3, 4))
-    icl.seed_everything(3)
-    second = icl.Block(4, 8)(torch.randn(2, 3, 4))
-    torch.testing.assert_close(first, second, rtol=0, atol=0)
-    assert torch.get_num_threads() == 1
-    monkeypatch.setenv(icl.seeding.THREADS_ENV, "2")
-    icl.seed_everything(0)
-    assert torch.get_num_threads() == 2
-    monkeypatch.setenv(icl.seeding.THREADS_ENV, "two")
-    with pytest.raises(ValueError, match="ICL_LIB_THREADS"):
+    caller_threads = torch.get_num_threads()
+    # the default without ICL_LIB_THREADS (make portability runs the tests with it set to 2)
+    monkeypatch.delenv(icl.seeding.THREADS_ENV, raising=False)
+    try:
+        icl.seed_everything(3)
+        first = icl.Block(4, 8)(torch.randn(2, 3, 4))
+        icl.seed_everything(3)
+        second = icl.Block(4, 8)(torch.randn(2, 3, 4))
+        torch.testing.assert_close(first, second, rtol=0, atol=0)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv(icl.seeding.THREADS_ENV, "2")
         icl.seed_everything(0)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv(icl.seeding.THREADS_ENV, "two")
+        with pytest.raises(ValueError, match="ICL_LIB_THREADS"):
+            icl.seed_everything(0)
+    finally:
+        torch.set_num_threads(caller_threads)
 
 
 def test_rows_of_an_update_and_of_task_prompts():
