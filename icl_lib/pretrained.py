@@ -12,12 +12,14 @@ package's installed file list (``importlib.metadata``).
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,27 +57,94 @@ def smollm2_file() -> Path:
     )
 
 
+# The private names of other packages that the loader patches for speed and quiet. A version of
+# transformers or gguf without one of them is loaded the plain way (see _patched).
+_GGUF_LOADER = "transformers.modeling_gguf_pytorch_utils"  # transformers' GGUF reader module
+_GGUF = "gguf"
+
+
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def _patched(module_name: str, **wrap: Callable[[Any], Any]) -> Iterator[bool]:
+    """Within the block, each ``module.NAME`` is ``wrap[NAME](module.NAME)``; restored after.
+
+    Yields whether the patch is in place. If the module cannot be imported, or lacks one of the
+    names, or one of them is not callable, nothing is patched and the block runs the plain path:
+    these are other packages' internals, which a different version may rename or remove.
+    """
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        module = None
+    originals = {name: getattr(module, name, None) for name in wrap}
+    if module is None or not all(callable(original) for original in originals.values()):
+        yield False
+        return
+    for name, original in originals.items():
+        setattr(module, name, wrap[name](original))
+    try:
+        yield True
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
+
+
+@contextmanager
+def _quiet_transformers(patch: bool = True) -> Iterator[None]:
     """No progress bars and no warnings from ``transformers`` while loading; restored after.
 
     The GGUF reader's progress bar is a plain ``tqdm`` that ``transformers``' logging switches
-    do not reach, so the module's ``tqdm`` is replaced by a disabled one for the duration.
+    do not reach, so with ``patch`` the reader module's ``tqdm`` is replaced by a disabled one for
+    the duration (where that module has no ``tqdm``, the bar is left as it is; see
+    :func:`_patched`). Without ``patch`` only the public logging switches are used.
     """
-    from transformers import modeling_gguf_pytorch_utils as gguf_reader
     from transformers.utils import logging
 
-    verbosity, bars, progress = logging.get_verbosity(), logging.is_progress_bar_enabled(), gguf_reader.tqdm
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    gguf_reader.tqdm = partial(progress, disable=True)
     try:
-        yield
+        with _patched(_GGUF_LOADER, tqdm=_disabled) if patch else nullcontext():
+            yield
     finally:
-        gguf_reader.tqdm = progress
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+
+
+def _disabled(progress: Callable[..., Any]) -> Callable[..., Any]:
+    """``progress`` (a ``tqdm``) with its bar switched off."""
+    return partial(progress, disable=True)
+
+
+def _parse_once(make_reader: Callable[..., Any]) -> Callable[..., Any]:
+    """``make_reader`` (``gguf.GGUFReader``) called once per distinct arguments; hands back the
+    first reader for each. Arguments that cannot be a dictionary key are passed through."""
+    readers: dict[tuple, Any] = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        try:
+            if key not in readers:
+                readers[key] = make_reader(path, *args, **kwargs)
+            return readers[key]
+        except TypeError:  # an unhashable argument: no cache for this call
+            return make_reader(path, *args, **kwargs)
+
+    return reader
+
+
+def _cache_calls(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` computed once per distinct arguments (``functools.lru_cache``); a call whose
+    arguments cannot be a dictionary key goes straight to ``function``."""
+    cached = lru_cache(maxsize=None)(function)
+
+    def call(*args, **kwargs):
+        try:
+            return cached(*args, **kwargs)
+        except TypeError:  # unhashable arguments (or a TypeError of function's own, raised again)
+            return function(*args, **kwargs)
+
+    return call
 
 
 @contextmanager
@@ -89,23 +158,25 @@ def _parse_gguf_once() -> Iterator[None]:
     loaded weights and tokenizer are those of a load without it (every tensor and the whole
     vocabulary compared when this was written; tests/test_smollm2.py checks the single parse, the
     restore, and the token embedding against a plain dequantisation of the file). Restored after.
+    A ``gguf`` without ``GGUFReader`` or ``get_tensor_name_map`` is left as it is (the plain path,
+    three parses; see :func:`_patched`).
     """
-    import gguf
-
-    make_reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict[tuple, object] = {}
-
-    def reader(path, *args, **kwargs):
-        key = (str(path), args, tuple(sorted(kwargs.items())))
-        if key not in readers:
-            readers[key] = make_reader(path, *args, **kwargs)
-        return readers[key]
-
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, lru_cache(maxsize=None)(name_map)
-    try:
+    with _patched(_GGUF, GGUFReader=_parse_once, get_tensor_name_map=_cache_calls):
         yield
-    finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = make_reader, name_map
+
+
+def _load(path: Path, patch: bool) -> tuple[nn.Module, object]:
+    """The model (float32) and tokenizer in the GGUF file ``path``. With ``patch``, through the
+    patches of other packages' internals (no GGUF progress bar, one parse of the file); without,
+    the plain path of ``transformers`` (its public logging switches only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers(patch), _parse_gguf_once() if patch else nullcontext():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
+        )
+    return model, tokenizer
 
 
 def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
@@ -116,6 +187,12 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
     dequantising in float64. The model is returned in eval mode. Note that ``transformers``'
     RMSNorm computes in float32 whatever the model's dtype, so a float64 model still normalises
     in float32 (see the book's chapter on a real language model).
+
+    Loading takes one parse of the file instead of three and shows no progress bar, by patching
+    internals of ``transformers`` and ``gguf`` for its duration. A version of either without those
+    internals is loaded without the patch, and if the patched load fails, the file is loaded
+    again the plain way, whose result or error is the one returned: other versions load
+    more slowly but the same.
 
     Args:
         dtype: ``torch.float32`` or ``torch.float64``.
@@ -130,16 +207,20 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
         with warnings.catch_warnings():
             # tqdm.auto, imported by transformers, warns on stderr in a notebook without ipywidgets
             warnings.filterwarnings("ignore", message="IProgress not found")
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
         import gguf  # noqa: F401  (transformers needs it to read the file)
     except ImportError as error:
         raise ModuleNotFoundError(
             f"loading SmolLM2 needs transformers, gguf and accelerate ({error}); install them with "
             "`pip install -r requirements.txt` or `pip install 'icl_lib[llm]'`"
         ) from None
-    with _quiet_transformers(), _parse_gguf_once():
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
-        )
+    try:
+        model, tokenizer = _load(path, patch=True)
+    except Exception as error:  # noqa: BLE001
+        # The patches rely on how this version of transformers uses its internals and gguf's;
+        # should the patched load fail, the plain load decides: its result, or its error.
+        try:
+            model, tokenizer = _load(path, patch=False)
+        except Exception as plain_error:
+            raise plain_error from error
     return model.to(dtype).eval(), tokenizer
