@@ -223,4 +223,9 @@ def load_smollm2(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]
             model, tokenizer = _load(path, patch=False)
         except Exception as plain_error:
             raise plain_error from error
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        # Some versions of transformers (5.15) set it for this tokenizer, then ignore it for a BPE
+        # tokenizer like this one with a warning on stderr at the first decode; others (5.24) leave
+        # it off. Off, the decoded text is the same and there is no warning.
+        tokenizer.clean_up_tokenization_spaces = False
     return model.to(dtype).eval(), tokenizer

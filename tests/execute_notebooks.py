@@ -90,8 +90,9 @@ def check_kernel(prefix: Path, folder: Path) -> bool:
     return ok
 
 
-def execute(path: Path, write: bool) -> float:
-    """Run one notebook in a new ``python3`` kernel; return the wall-clock seconds it took."""
+def execute(path: Path, write: bool) -> tuple[float, list[int]]:
+    """Run one notebook in a new ``python3`` kernel; return the wall-clock seconds it took and
+    the numbers (from 1) of the code cells that wrote to stderr."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)  # timing metadata left by other tools
@@ -101,7 +102,10 @@ def execute(path: Path, write: bool) -> float:
     elapsed = time.perf_counter() - start
     if write:
         nbformat.write(nb, path)
-    return elapsed
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    stderr = [n for n, cell in enumerate(code, 1)
+              if any(out.output_type == "stream" and out.name == "stderr" for out in cell.outputs)]
+    return elapsed, stderr
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.notebooks:
         start = time.perf_counter()
         try:
-            elapsed = execute(path, write=not args.time)
+            elapsed, stderr = execute(path, write=not args.time)
         except (CellExecutionError, CellTimeoutError) as error:
             failed.append(path)
             reason = f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         total += elapsed
         line = f"{str(path):45} {elapsed:7.1f} s" if args.time else f"executed {path} ({elapsed:.1f} s)"
+        if stderr:  # not a failure; the book's chapters write nothing to stderr where they are built
+            line += f"  (stderr in code cell{'s' if len(stderr) > 1 else ''} {', '.join(map(str, stderr))})"
         print(line, flush=True)
     if args.time:
         print(f"{'total':45} {total:7.1f} s")

@@ -147,7 +147,9 @@ class StandinLoader:
         self.loads.append(patched)
         if self.fail(patched):
             raise RuntimeError(f"stand-in failure (patched: {patched})")
-        return torch.nn.Linear(2, 2)
+        loaded = torch.nn.Linear(2, 2)
+        loaded.clean_up_tokenization_spaces = True  # as transformers 5.15 sets it for SmolLM2
+        return loaded
 
 
 @pytest.fixture
@@ -172,6 +174,7 @@ def test_load_goes_through_the_patch_when_it_works(loader):
     model, tokenizer = pretrained.load_smollm2(torch.float64)
     assert standin_loader.loads == [True, True]  # tokenizer, model: one load, patched
     assert model.weight.dtype == torch.float64 and not model.training
+    assert tokenizer.clean_up_tokenization_spaces is False
 
 
 def test_load_without_the_private_names_takes_the_plain_path(loader, monkeypatch):

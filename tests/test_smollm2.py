@@ -75,6 +75,18 @@ def test_the_file_is_parsed_once_and_the_weights_are_the_files_own(smollm2):
     assert torch.equal(model.model.embed_tokens.weight, values.to(torch.float32))
 
 
+def test_the_tokenizer_decodes_text_as_it_was_and_without_a_warning(smollm2, capfd):
+    """transformers 5.15 (Colab's in 2026-08) loads this tokenizer with clean_up_tokenization_spaces
+    on, ignores it for a BPE tokenizer and warns on stderr at the first decode; load_smollm2 turns
+    it off, which leaves the decoded text as it is in every version."""
+    tokenizer = smollm2[2]
+    text = "Paris , France. Rome, Italy ! Spaces before punctuation stay ."
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer.clean_up_tokenization_spaces is False
+    assert tokenizer.decode(ids) == text
+    assert "clean_up_tokenization" not in capfd.readouterr().err
+
+
 def test_load_without_the_package_names_the_pip_command(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
