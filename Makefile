@@ -14,8 +14,10 @@ export ICL_LIB_THREADS
 
 NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 
-# make nbval: how many chapters run at once (one per core of the 2-core reference machine).
+# make nbval: how many chapters run at once (one per core of the 2-core reference machine), and
+# which (a folder or notebook files; make portability --notebooks sets it).
 NBVAL_WORKERS ?= 2
+NBVAL_PATHS ?= book/
 # make book: force (execute every chapter) or off (render the committed outputs).
 BOOK_EXECUTE ?= force
 
@@ -61,7 +63,7 @@ unit: $(STAMP)
 ## NBVAL_WORKERS chapters at a time (pytest-xdist; --dist loadscope keeps each chapter's cells in
 ## order in one kernel), each on one torch thread
 nbval: $(STAMP)
-	$(BIN)/python -m pytest -q --nbval book/ --nbval-sanitize-with $(SANITIZE) \
+	$(BIN)/python -m pytest -q --nbval $(NBVAL_PATHS) --nbval-sanitize-with $(SANITIZE) \
 	  -n $(NBVAL_WORKERS) --dist loadscope
 
 ## make book: execute every chapter and build the HTML into _build/html; any warning fails.

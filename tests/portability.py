@@ -2,6 +2,7 @@
 
     python tests/portability.py                     # every setting, one and two threads
     python tests/portability.py --settings avx2 --threads 1 --targets unit
+    python tests/portability.py --targets nbval --notebooks book/11_real_language_model.ipynb
 
 The book's outputs must not depend on the CPU that re-executes them. Round-off differs between
 instruction sets: PyTorch's own kernels are compiled for several (``ATEN_CPU_CAPABILITY``
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", choices=names, default=names, help="instruction-set levels (default: all)")
     parser.add_argument("--threads", nargs="+", type=int, choices=(1, 2), default=[1, 2], help="ICL_LIB_THREADS values")
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS), help="make targets to run")
+    parser.add_argument("--notebooks", nargs="+", type=Path, help="chapters for make nbval (default: all of book/)")
     parser.add_argument("--logs", type=Path, default=ROOT / "_build" / "portability", help="folder for the full logs")
     args = parser.parse_args(argv)
     if not PYTHON.is_file():
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for threads in args.threads:
             env = {**os.environ, **setting.environment(), "ICL_LIB_THREADS": str(threads)}
+            if args.notebooks:
+                env["NBVAL_PATHS"] = " ".join(str(path) for path in args.notebooks)
             reported = torch_capability(env)
             if reported != setting.torch_reports:
                 results.append((setting.name, threads, "-", False, 0.0, f"torch runs {reported}, not {setting.torch_reports}"))
