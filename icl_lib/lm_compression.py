@@ -81,11 +81,7 @@ def fit_lm_static_patch(updates: Sequence[ImplicitUpdate], queries: Tensor | Non
     for update in updates:
         a, u, shift = update.v[rows], update.u[rows], update.delta_b[rows]  # (Q, P, D), (Q, P, H), (Q, P, D)
         a_by_position, u_by_position = a.transpose(0, 1), u.transpose(0, 1)  # (P, Q, D), (P, Q, H)
-        # A⁺ (P, D, Q), computed in float64 and stored in the patches' dtype: in float32 the
-        # pseudo-inverse of Q ≤ D nearly dependent references drops or keeps singular values
-        # near its cutoff depending on the CPU's rounding, which moved the fitted patch's KL in
-        # the third digit from one instruction set to another
-        inverse = torch.linalg.pinv(a_by_position.double()).to(a.dtype)
+        inverse = torch.linalg.pinv(a_by_position)  # (P, D, Q): A⁺
         left = u_by_position.transpose(1, 2)  # (P, H, Q): Uᵀ
         layers.append(LowRankPatch(left=left, right=inverse, delta_b=shift.mean(0)))
         fitted = torch.einsum("pqd,pdk,phk->pqh", a_by_position, inverse, left)
