@@ -164,6 +164,12 @@ def build_block(config: TrainingConfig) -> Block | Transformer:
     """
     if not isinstance(config, TrainingConfig):
         raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
+    variant = dict(
+        residual=config.residual,
+        layer_norm=config.layer_norm,
+        activation=config.activation,
+        contextual=config.contextual,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seeds(config.seed, 3)[0])
         if config.depth is not None:
@@ -172,23 +178,12 @@ def build_block(config: TrainingConfig) -> Block | Transformer:
                 config.depth,
                 config.hidden,
                 config.n_heads,
-                residual=config.residual,
-                layer_norm=config.layer_norm,
                 in_dim=config.token_dim,
                 out_dim=config.token_dim,
-                activation=config.activation,
-                contextual=config.contextual,
+                **variant,
             )
         else:
-            block = Block(
-                config.token_dim,
-                config.hidden,
-                config.n_heads,
-                residual=config.residual,
-                layer_norm=config.layer_norm,
-                activation=config.activation,
-                contextual=config.contextual,
-            )
+            block = Block(config.token_dim, config.hidden, config.n_heads, **variant)
     return block.to(config.dtype)
 
 

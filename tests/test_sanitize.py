@@ -77,7 +77,8 @@ def code_cells(path: Path) -> list[tuple[int, str, str]]:
 def test_roundoff_figures_come_from_cells_that_bound_them(path):
     """A one-decimal figure in an output is printed by a cell that formats with .1e and asserts."""
     masked = sanitize_rules()["roundoff"][0]
-    for index, source, outputs in code_cells(path):
+    cells = code_cells(path)
+    for index, source, outputs in cells:
         if masked.search(outputs):
             assert ONE_DECIMAL_FORMAT.search(source), (
                 f"{path.name}, code cell {index}: prints a one-decimal figure "
@@ -85,11 +86,9 @@ def test_roundoff_figures_come_from_cells_that_bound_them(path):
                 "number that is not round-off (print it with two decimals, e.g. .2e or .3g)"
             )
         if ONE_DECIMAL_FORMAT.search(source):
-            assert "assert" in source or _asserted_soon_after(path, index), (
+            # some chapters print a table in one cell, plot it in the next and assert after
+            asserted_soon_after = any("assert" in later for _, later, _ in cells[index + 1 : index + 3])
+            assert "assert" in source or asserted_soon_after, (
                 f"{path.name}, code cell {index}: prints a round-off figure (.1e) without asserting a bound"
             )
 
-
-def _asserted_soon_after(path: Path, index: int) -> bool:
-    """Some chapters print a table in one cell, plot it in the next and assert its bounds after."""
-    return any("assert" in source for _, source, _ in code_cells(path)[index + 1 : index + 3])
