@@ -4,35 +4,52 @@ A transformer block turns its context into an exact rank-1 update of its first M
 (Dherin et al., 2025). This package builds the blocks, computes those updates and their
 token-by-token dynamics, checks the proofs symbolically, and runs the book's experiments.
 
-Modules, one job each:
+Subpackages, one layer each:
 
-* ``contextual``, ``blocks``: contextual layers, blocks ``T_W = M_W ∘ A`` and stacks;
-* ``views``, ``checks``: how a block is split at ``W``; input validation;
-* ``decoders``, ``language_models``, ``pretrained``: the same for ``transformers`` causal LMs
-  (Llama family, Gemma 2/3, GPT-2) and the pretrained SmolLM2 shipped by pip;
-* ``fewshot``, ``lm_compression``: few-shot tasks for a real model, static patches on it;
-* ``implicit``, ``trajectory``: exact implicit updates, whole-network patches, token-by-token dynamics;
-* ``proofs``: sympy checks of every proof step;
-* ``plotting``: the book's plotting helpers (the schematics of the blocks);
-* ``tasks``, ``training``, ``evaluation``, ``baselines``, ``finetune``, ``metrics``: the experiments;
-* ``analysis``, ``deep``, ``memory``, ``compression``: measurements of the later chapters;
-* ``seeding``: reproducibility; ``bench``: the benchmark (``python -m icl_lib.bench``).
+* ``core``: what the theorem computes, for any model: ``update`` (the factored patch),
+  ``architecture`` (the interface a model is seen through), ``implicit`` (updates and patched
+  runs), ``trajectory`` (token-by-token dynamics), ``analysis`` (gaps, ranks, cosines),
+  ``metrics``, ``checks`` (input validation), ``seeding``;
+* ``architectures``: the models it runs: ``contextual`` and ``blocks`` (the book's blocks),
+  ``stacks`` (their views, PyTorch's encoder layers, stacks), ``families`` and ``causal_lm``
+  (``transformers`` causal LMs, one data record per family, :func:`register_family`),
+  ``pretrained`` (SmolLM2 from pip);
+* ``experiments``: the book's tasks, training, baselines, fine-tuning, memory, compression,
+  few-shot prompts, symbolic proofs and plotting helpers;
+* ``benchmarks``: ``python -m icl_lib.benchmarks``, outside the core.
 """
 
-from . import decoders, fewshot, lm_compression, plotting, proofs
-from .analysis import (
+from . import architectures  # registers the architectures with the core
+from .architectures import families
+from .architectures.blocks import MLP, Block, Transformer
+from .architectures.causal_lm import greedy_continuation, patch_contributions
+from .architectures.contextual import LinearAttention, RecurrentLayer, SelfAttention
+from .architectures.families import DecoderFamily, norms_in_model_dtype, register_family, supported_families
+from .architectures.pretrained import load_smollm2
+from .core.analysis import (
     block_gaps,
     mean_sem,
     network_gap,
+    patch_cosines,
     position_gaps,
     singular_value_ratio,
     summed_update,
     update_cosines,
-    patch_cosines,
 )
-from .baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
-from .blocks import MLP, Block, Transformer
-from .compression import (
+from .core.implicit import (
+    block_inputs,
+    forward_with_update,
+    forward_with_updates,
+    implicit_update,
+    network_update,
+)
+from .core.metrics import alignment_factors, frobenius_alignment, relative_error
+from .core.seeding import seed_everything
+from .core.trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
+from .core.update import ImplicitUpdate
+from .experiments import fewshot, lm_compression, plotting, proofs
+from .experiments.baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
+from .experiments.compression import (
     BinnedMean,
     StaticPatch,
     apply_static_patch,
@@ -42,10 +59,10 @@ from .compression import (
     prompts_with_queries,
     transport_update,
 )
-from .contextual import LinearAttention, RecurrentLayer, SelfAttention
-from .deep import deep_regression_config, encoder_stack
-from .evaluation import ContextCurve, context_length_curve, predictions_over_queries
-from .finetune import (
+from .experiments.deep import deep_regression_config, encoder_stack
+from .experiments.evaluation import ContextCurve, context_length_curve, predictions_over_queries
+from .experiments.fewshot import TASKS, answer_accuracy, task_prompts
+from .experiments.finetune import (
     DistillationResult,
     FineTuneResult,
     OnlineFineTuneResult,
@@ -53,24 +70,10 @@ from .finetune import (
     finetune_first_weight,
     finetune_online,
 )
-from .implicit import (
-    ImplicitUpdate,
-    block_inputs,
-    forward_with_update,
-    forward_with_updates,
-    implicit_update,
-    network_update,
-)
-from .memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
-from .metrics import alignment_factors, frobenius_alignment, relative_error
-from .seeding import seed_everything
-from .tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
-from .training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
-from .fewshot import TASKS, answer_accuracy, task_prompts
-from .language_models import greedy_continuation, patch_contributions
-from .lm_compression import apply_lm_static_patch, fit_lm_static_patch, next_token_kl, transported_logits
-from .pretrained import load_smollm2
-from .trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
+from .experiments.lm_compression import apply_lm_static_patch, fit_lm_static_patch, next_token_kl, transported_logits
+from .experiments.memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
+from .experiments.tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
+from .experiments.training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
 
 __all__ = [
     # layers, blocks, stacks
@@ -91,8 +94,12 @@ __all__ = [
     "ImplicitTrajectory",
     "NetworkTrajectory",
     "implicit_trajectory",
-    # real language models (transformers): the adapters, the pretrained model
-    "decoders",
+    # real language models (transformers): the families, the pretrained model
+    "families",
+    "DecoderFamily",
+    "register_family",
+    "supported_families",
+    "norms_in_model_dtype",
     "load_smollm2",
     "patch_contributions",
     "greedy_continuation",

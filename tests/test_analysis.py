@@ -1,4 +1,4 @@
-"""icl_lib.analysis: gaps per block and for the whole stack, every position, ranks, cosines."""
+"""icl_lib.core.analysis: gaps per block and for the whole stack, every position, ranks, cosines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import icl_lib as icl
-from icl_lib import analysis
+from icl_lib.core import analysis
 
 F64 = torch.float64
 

@@ -149,7 +149,7 @@ def test_all_finite_agrees_with_the_entrywise_test(dtype):
     """The one-reduction finiteness test behind the checks: a finite sum proves every entry
     finite; a non-finite sum (NaN, ±inf, or finite entries that overflow when added) falls back
     to the entrywise test, so large finite values are not refused."""
-    from icl_lib.checks import all_finite
+    from icl_lib.core.checks import all_finite
 
     big = torch.finfo(dtype).max
     cases = {

@@ -15,7 +15,7 @@ import torch
 from conftest import TOLERANCE, relative_error
 
 import icl_lib as icl
-from icl_lib import bench
+from icl_lib.benchmarks import bench, measuring
 
 TINY = bench.Size(batch=2, context=7, width=8, depth=2)
 
@@ -87,7 +87,7 @@ def test_cpu_peak_memory_counts_live_tensors():
         del y
         return z + 0.5
 
-    peak = bench.peak_bytes(two_live_then_one, torch.device("cpu"))
+    peak = measuring.peak_bytes(two_live_then_one, torch.device("cpu"))
     assert 2 * x.nbytes <= peak < 3 * x.nbytes
 
 
@@ -195,11 +195,11 @@ def test_interleaved_seconds_batches_short_calls():
     def fast():
         counts["fast"] += 1
 
-    wall, cpu = bench.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=3, min_sample_seconds=1e-3)
+    wall, cpu = measuring.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=3, min_sample_seconds=1e-3)
     assert set(wall) == set(cpu) == {"fast"} and wall["fast"] > 0
     assert counts["fast"] > 1 + 4  # the first call, then more than one call per round
     with pytest.raises(ValueError, match="repeats"):
-        bench.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=0)
+        measuring.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=0)
 
 
 def test_block_measurement_and_its_verdicts():
@@ -291,7 +291,7 @@ def fake_jax(monkeypatch):
 
 
 def test_load_peer_imports_the_clone_and_names_what_is_missing(tmp_path, fake_jax):
-    from icl_lib import bench_peer
+    from icl_lib.benchmarks import bench_peer
 
     complete = "from utils import SIZE\nclass Transformer: pass\ndef compute_vectorised_theory_preds(): pass\n"
     _fake_clone(tmp_path / "clone", complete)
@@ -308,7 +308,7 @@ def test_load_peer_imports_the_clone_and_names_what_is_missing(tmp_path, fake_ja
 
 
 def test_load_peer_refuses_what_is_not_a_clone(tmp_path, monkeypatch):
-    from icl_lib import bench_peer
+    from icl_lib.benchmarks import bench_peer
 
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         bench_peer.load_peer(tmp_path / "absent")

@@ -1,4 +1,4 @@
-"""icl_lib.compression: transported patches and least-squares static patches."""
+"""icl_lib.experiments.compression: transported patches and least-squares static patches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from conftest import TOLERANCE, relative_error
 
 import icl_lib as icl
-from icl_lib.compression import (
+from icl_lib.experiments.compression import (
     BinnedMean,
     StaticPatch,
     apply_static_patch,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from icl_lib.contextual import LINEAR_ATTENTION_CHUNK, LinearAttention, RecurrentLayer, SelfAttention
+from icl_lib.architectures.contextual import LINEAR_ATTENTION_CHUNK, LinearAttention, RecurrentLayer, SelfAttention
 
 LENGTHS = [1, 2, 9, LINEAR_ATTENTION_CHUNK, LINEAR_ATTENTION_CHUNK + 1, 3 * LINEAR_ATTENTION_CHUNK - 5]
 

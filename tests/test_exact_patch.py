@@ -1,4 +1,4 @@
-"""icl_lib.proofs.exact_patch: the theorem's arithmetic in exact fractions (chapter 2's worked example)."""
+"""icl_lib.experiments.proofs.exact_patch: the theorem's arithmetic in exact fractions (chapter 2's worked example)."""
 
 from __future__ import annotations
 

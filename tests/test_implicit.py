@@ -16,6 +16,8 @@ from torch import nn
 from torch.func import functional_call
 
 import icl_lib as icl
+from icl_lib.core import seeding
+from icl_lib.core.architecture import view_of
 
 DTYPES = [torch.float64, torch.float32]
 VARIANTS = [dict(), dict(residual=True), dict(residual=True, layer_norm=True)]
@@ -255,7 +257,7 @@ def test_trajectory_is_gradient_descent(seed: int, dtype: torch.dtype):
 
 def test_trajectory_chunks_agree():
     """Long contexts are processed in chunks of truncated prompts; the chunking must not matter."""
-    import icl_lib.trajectory as trajectory
+    import icl_lib.core.trajectory as trajectory
 
     torch.manual_seed(0)
     block = icl.Block(4, 8, n_heads=2).double()
@@ -307,7 +309,7 @@ def test_absent_tokens_are_as_if_removed(layer_kind: str):
     torch.manual_seed(1)
     dim = 6
     if layer_kind == "encoder":
-        layer = icl.views.view_of(nn.TransformerEncoderLayer(dim, 2, 12, batch_first=True).double().eval())
+        layer = view_of(nn.TransformerEncoderLayer(dim, 2, 12, batch_first=True).double().eval())
         run = lambda z, keep=None: layer.stream(z, keep)[0]  # noqa: E731
     else:
         module = icl.Block(dim, 8, n_heads=2, contextual=layer_kind).attn.double()
@@ -325,7 +327,7 @@ def test_absent_tokens_are_as_if_removed(layer_kind: str):
 def test_seed_everything_is_deterministic(monkeypatch):
     caller_threads = torch.get_num_threads()
     # the default without ICL_LIB_THREADS (make portability runs the tests with it set to 2)
-    monkeypatch.delenv(icl.seeding.THREADS_ENV, raising=False)
+    monkeypatch.delenv(seeding.THREADS_ENV, raising=False)
     try:
         icl.seed_everything(3)
         first = icl.Block(4, 8)(torch.randn(2, 3, 4))
@@ -333,10 +335,10 @@ def test_seed_everything_is_deterministic(monkeypatch):
         second = icl.Block(4, 8)(torch.randn(2, 3, 4))
         torch.testing.assert_close(first, second, rtol=0, atol=0)
         assert torch.get_num_threads() == 1
-        monkeypatch.setenv(icl.seeding.THREADS_ENV, "2")
+        monkeypatch.setenv(seeding.THREADS_ENV, "2")
         icl.seed_everything(0)
         assert torch.get_num_threads() == 2
-        monkeypatch.setenv(icl.seeding.THREADS_ENV, "two")
+        monkeypatch.setenv(seeding.THREADS_ENV, "two")
         with pytest.raises(ValueError, match="ICL_LIB_THREADS"):
             icl.seed_everything(0)
     finally:

@@ -104,10 +104,10 @@ def test_patch_cosines_are_the_frobenius_cosines_of_the_dense_patches():
 def test_norms_in_model_dtype_keep_the_model_and_compute_in_float64():
     model = build("llama", "wide", 6, torch.float64)
     ids = prompt_ids(2, 8, 6)
-    exact = icl.decoders.norms_in_model_dtype(model)
+    exact = icl.norms_in_model_dtype(model)
     with torch.no_grad():
         a, b = model(ids).logits, exact(ids).logits
     assert relative_error(b, a) <= 1e-6  # the same model up to float32 rounding of the norms
     assert not torch.equal(a, b)
     with pytest.raises(TypeError, match="Llama family"):
-        icl.decoders.norms_in_model_dtype(build("gpt2"))
+        icl.norms_in_model_dtype(build("gpt2"))

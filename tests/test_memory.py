@@ -1,4 +1,4 @@
-"""icl_lib.memory: power-law fits and the influence of single context tokens on ΔW."""
+"""icl_lib.experiments.memory: power-law fits and the influence of single context tokens on ΔW."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import icl_lib as icl
-from icl_lib.memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
+from icl_lib.experiments.memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
 
 
 def test_power_law_fit_recovers_an_exact_power_law():

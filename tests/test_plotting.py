@@ -1,4 +1,4 @@
-"""The book's schematics (icl_lib.plotting): every part drawn, labelled, inside its box, no overlaps."""
+"""The book's schematics (icl_lib.experiments.plotting): every part drawn, labelled, inside its box, no overlaps."""
 
 from __future__ import annotations
 

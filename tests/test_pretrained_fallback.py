@@ -15,7 +15,7 @@ import types
 import pytest
 import torch
 
-from icl_lib import pretrained
+from icl_lib.architectures import pretrained
 
 
 def standin(monkeypatch, name, **attributes):

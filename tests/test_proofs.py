@@ -1,4 +1,4 @@
-"""Tests of icl_lib.proofs: every symbolic step verifies, and the checker can also say no."""
+"""Tests of icl_lib.experiments.proofs: every symbolic step verifies, and the checker can also say no."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sympy checks of the theorem for gated MLPs (icl_lib.proofs.gated_steps)."""
+"""The sympy checks of the theorem for gated MLPs (icl_lib.experiments.proofs.gated_steps)."""
 
 from __future__ import annotations
 

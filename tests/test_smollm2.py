@@ -13,7 +13,7 @@ import torch
 from conftest import relative_error
 
 import icl_lib as icl
-from icl_lib import pretrained
+from icl_lib.architectures import pretrained
 
 PROMPT = "apple -> red\nbanana -> yellow\ngrass -> green\nsky ->"
 
@@ -132,7 +132,7 @@ def test_task_prompts_refuse_items_that_split(smollm2):
 
 
 def test_benchmark_section_h_measures_the_patches_against_a_forward_pass(smollm2):
-    from icl_lib.bench_llm import measure_language_model
+    from icl_lib.benchmarks.bench_llm import measure_language_model
 
     m = measure_language_model(smollm2[0], tokens=16, repeats=1)
     assert set(m.wall) == {"forward", "query", "all"} and all(t > 0 for t in m.wall.values())

@@ -1,10 +1,10 @@
 """Section (g)'s peer timed in this process: the public JAX code, from a local clone of its repository.
 
-The constants ``icl_lib.bench.PEER_MS`` are one colleague's figures for the public code of
+The constants ``icl_lib.benchmarks.bench.PEER_MS`` are one colleague's figures for the public code of
 Innocenti & Achour (2025), github.com/francesco-innocenti/generalising-icl. This machine's speed
 drifts between runs, so a comparison against fixed figures can be off by the drift; timing both
-codes in the same process, round by round (:func:`icl_lib.bench.interleaved_seconds`), is not.
-``python -m icl_lib.bench --sections block --peer-repo PATH`` does that, for a clone at ``PATH``
+codes in the same process, round by round (:func:`icl_lib.benchmarks.bench.interleaved_seconds`), is not.
+``python -m icl_lib.benchmarks --sections block --peer-repo PATH`` does that, for a clone at ``PATH``
 and with ``jax`` and ``equinox`` installed (neither is a requirement of this project):
 
     pip install jax==0.10.2 jaxlib==0.10.2 equinox==0.13.8
@@ -21,7 +21,7 @@ called through their public functions, as the colleague timed them:
   with each position's update, ``(B, T, D)``; the call ends with ``block_until_ready``.
 
 One thread: XLA's CPU backend picks its own thread count; pin the whole process to one core to
-give both codes one (``taskset -c 0 python -m icl_lib.bench --threads 1 ...``). The section prints
+give both codes one (``taskset -c 0 python -m icl_lib.benchmarks --threads 1 ...``). The section prints
 the process's CPU affinity.
 """
 

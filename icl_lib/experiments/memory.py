@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checks import check_tokens, module_dtype_device
-from .implicit import implicit_update
-from .views import view_of
+from ..core.checks import check_tokens, module_dtype_device
+from ..core.implicit import implicit_update
+from ..core.architecture import view_of
 
 __all__ = ["PowerLawFit", "power_law_fit", "bootstrap_exponents", "token_influence"]
 

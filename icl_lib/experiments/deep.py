@@ -2,7 +2,7 @@
 
 * :func:`deep_regression_config`: the single definition of the trained pre-LN
   :class:`icl_lib.Transformer` that chapters 7 and 8 both train (each chapter runs on its own, so
-  each retrains it from this configuration with :func:`icl_lib.training.train_block`);
+  each retrains it from this configuration with :func:`icl_lib.experiments.training.train_block`);
 * :func:`encoder_stack`: a stack of PyTorch's own ``nn.TransformerEncoderLayer`` blocks, pre-LN or
   post-LN, every layer independently initialised, in eval mode.
 
@@ -32,7 +32,7 @@ def deep_regression_config(seed: int = 0) -> TrainingConfig:
         seed: seeds initialisation, training and validation tasks.
 
     Returns:
-        a :class:`icl_lib.training.TrainingConfig` with ``depth=3, width=16, hidden=64, n_heads=2``,
+        a :class:`icl_lib.experiments.training.TrainingConfig` with ``depth=3, width=16, hidden=64, n_heads=2``,
         ``residual=True, layer_norm=True``, ``d=2, N=20``, ``1000`` steps of batch ``64``, Adam with
         a cosine decay from ``lr=3e-3``; validation every 100 steps on 500 tasks.
     """

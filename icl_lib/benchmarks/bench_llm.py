@@ -11,8 +11,8 @@ For one prompt of ``T`` random token ids (batch ``B``) through SmolLM2-135M-Inst
 * ``all``: ``network_update(model, input_ids, position="all")``, the patches of every layer for
   every position: target ≤ 1.5 × ``forward``;
 
-with the same interleaved medians as the other sections (:func:`icl_lib.bench.interleaved_seconds`)
-and the peak tensor memory of each call (:func:`icl_lib.bench.peak_bytes`), and checks that the
+with the same interleaved medians as the other sections (:func:`icl_lib.benchmarks.measuring.interleaved_seconds`)
+and the peak tensor memory of each call (:func:`icl_lib.benchmarks.measuring.peak_bytes`), and checks that the
 patched last token alone reproduces the prompted logits.
 """
 
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .implicit import forward_with_updates, network_update
+from ..core.implicit import forward_with_updates, network_update
+from .measuring import MIB, interleaved_seconds, peak_bytes
 
 __all__ = ["LanguageMeasurement", "LLM_LENGTHS", "QUERY_TARGET_LLM", "ALL_TARGET_LLM", "measure_language_model"]
 
@@ -55,7 +56,6 @@ def measure_language_model(
     model: nn.Module, tokens: int, batch: int = 1, repeats: int = 5, seed: int = 0
 ) -> LanguageMeasurement:
     """Time and memory of ``forward``, ``query`` and ``all`` on random ids ``(batch, tokens)``."""
-    from .bench import MIB, interleaved_seconds, peak_bytes
 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -77,7 +77,7 @@ def measure_language_model(
 
 def language_model_section(args: argparse.Namespace, device: torch.device, dtypes: Sequence[torch.dtype]) -> bool:
     """(h): SmolLM2 at ``T`` = 128 and 512; returns whether the patched logits matched."""
-    from .pretrained import load_smollm2
+    from ..architectures.pretrained import load_smollm2
 
     lengths = (16,) if args.quick else LLM_LENGTHS
     print("== (h): the pretrained SmolLM2-135M-Instruct (30 layers, width 576, gated MLP 2 x 1536), B = 1")

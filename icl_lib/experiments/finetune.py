@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .checks import check_tokens, module_dtype_device
-from .seeding import single_thread
+from ..core.checks import check_tokens, module_dtype_device
+from ..core.seeding import single_thread
 from .tasks import RegressionBatch
-from .views import BlockView, view_of
+from ..core.architecture import BlockView, view_of
 
 __all__ = [
     "FineTuneResult",
@@ -115,7 +115,7 @@ def finetune_first_weight(
     and the prediction at the query ``(x_q, 0)`` (again without context), besides the loss on
     the examples and on the query at every step.
 
-    Runs on one torch thread (``icl_lib.seeding.single_thread``): the result does not depend
+    Runs on one torch thread (``icl_lib.core.seeding.single_thread``): the result does not depend
     on the caller's thread count.
 
     Args:

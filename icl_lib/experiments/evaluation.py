@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .baselines import least_squares_predict
-from .checks import module_dtype_device
+from ..core.checks import module_dtype_device
 from .tasks import RegressionBatch, regression_loss, regression_tokens
 from .training import predict, predict_implicit
 

@@ -1,6 +1,6 @@
 """How much the exact implicit updates cost, measured against a plain forward pass.
 
-Run ``python -m icl_lib.bench`` (``--help`` for the options; ``--quick`` is a smoke test).
+Run ``python -m icl_lib.benchmarks`` (``--help`` for the options; ``--quick`` is a smoke test).
 For every configuration of a grid (batch ``B``, context ``N``, width ``D``, MLP width
 ``H = 4D``, depth ``L`` of a pre-LN :class:`icl_lib.Transformer`) and dtype, it measures:
 
@@ -25,10 +25,10 @@ shapes of the public implementation's table (``BLOCK_GRID``), bidirectional and 
     one ``scaled_dot_product_attention`` call on the block's head shapes, the kernel its attention
     runs, alone (no every-position update on those shapes can be faster). With ``--peer-repo PATH``
     (a clone of the public repository, and ``jax`` and ``equinox`` installed) the public code is
-    also timed in this process, in the same interleaved rounds (:mod:`icl_lib.bench_peer`).
+    also timed in this process, in the same interleaved rounds (:mod:`icl_lib.benchmarks.bench_peer`).
 
 A third section, (h), measures the patches of the pretrained SmolLM2 against one forward pass
-(:mod:`icl_lib.bench_llm`).
+(:mod:`icl_lib.benchmarks.bench_llm`).
 
 The sections are listed in ``SECTIONS`` (``--sections`` runs some of them); a new section is one
 function added there.
@@ -70,10 +70,11 @@ from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from .bench_peer import PeerCode, load_peer, peer_call
-from .blocks import Block, Transformer
-from .contextual import SelfAttention
-from .implicit import ImplicitUpdate, block_inputs, forward_with_update, implicit_update, network_update
-from .seeding import seed_everything
+from .measuring import MIB, interleaved_seconds, peak_bytes, seconds_of
+from ..architectures.blocks import Block, Transformer
+from ..architectures.contextual import SelfAttention
+from ..core.implicit import ImplicitUpdate, block_inputs, forward_with_update, implicit_update, network_update
+from ..core.seeding import seed_everything
 
 __all__ = [
     "Size",
@@ -113,7 +114,6 @@ NAIVE_TARGET_CONTEXT = 200  # ... at this context length
 # Relative errors the library promises for the theorem's identity (as in the unit tests).
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -293,63 +293,6 @@ def dense_error(updates: Sequence[ImplicitUpdate], naive: Sequence[tuple[Tensor,
     return worst
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 (the profiler's native start/stop log lines) for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as sink:
-            os.dup2(sink.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
-    """Peak of the running sum of CPU tensor allocations minus frees reported during ``fn()``."""
-    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    del result
-    kineto = getattr(prof.profiler, "kineto_results", None)
-    if kineto is None:
-        raise RuntimeError("this torch build's profiler exposes no memory events; CPU peak memory is unavailable")
-    events = [e for e in kineto.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """The most tensor memory ``fn()`` held at once beyond what was live before it (see the module doc)."""
-    with torch.no_grad():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            result = fn()
-            torch.cuda.synchronize(device)
-            del result
-            return torch.cuda.max_memory_allocated(device) - before
-        if device.type != "cpu":
-            raise ValueError(f"peak memory is measured on cpu or cuda only, not {device.type}")
-        return _cpu_peak_bytes(fn)
-
-
-def _seconds(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, time.process_time() - start_cpu
-
-
 def measure(
     size: Size,
     dtype: torch.dtype,
@@ -397,11 +340,11 @@ def measure(
     with torch.no_grad():
         for round_ in range(warmup + repeats):
             for name, fn in calls.items():
-                elapsed = _seconds(fn, device)
+                elapsed = seconds_of(fn, device)
                 if round_ >= warmup:
                     samples[name].append(elapsed)
             if run_naive and warmup <= round_ < warmup + min(repeats, 3):
-                samples["naive"].append(_seconds(naive_call, device))
+                samples["naive"].append(seconds_of(naive_call, device))
     seconds = {name: statistics.median(wall for wall, _ in values) for name, values in samples.items()}
     cpu_seconds = {}
     if device.type == "cpu":
@@ -639,14 +582,14 @@ class BlockMeasurement:
             (every-position updates applied to the query alone), ``attention`` (one
             ``scaled_dot_product_attention`` call on random heads of the block's shapes: the kernel
             the block's attention runs, alone), and ``peer`` where the public code was timed in
-            this process (``--peer-repo``, :mod:`icl_lib.bench_peer`).
+            this process (``--peer-repo``, :mod:`icl_lib.benchmarks.bench_peer`).
         cpu_seconds: the same by CPU time of this process (empty on CUDA).
         fused_error: relative error between the fused layer's outputs and the block's (the larger of
             its two paths).
         theorem_error: relative error between the patched outputs of ``update`` and the block's
             prompted outputs at every position.
         peer_error: where the public code was timed, the relative error of its predictions against
-            its own block's prompted outputs (:func:`icl_lib.bench_peer.peer_call`); else ``None``.
+            its own block's prompted outputs (:func:`icl_lib.benchmarks.bench_peer.peer_call`); else ``None``.
     """
 
     size: BlockSize
@@ -775,44 +718,6 @@ def every_position_outputs(block: nn.Module, tokens: Tensor) -> Tensor:
     return forward_with_update(block, update, tokens[:, -1:])
 
 
-def interleaved_seconds(
-    calls: dict[str, Callable[[], object]],
-    device: torch.device,
-    repeats: int,
-    warmup: int = 1,
-    min_sample_seconds: float = 0.02,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall-clock and CPU seconds per call of each function, rounds interleaved.
-
-    A sample is the mean over as many back-to-back calls as make it last at least
-    ``min_sample_seconds`` (counted from the first warm-up call), so that sub-millisecond calls are
-    not dominated by the clock. CPU seconds are empty on CUDA.
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be ≥ 1 and warmup ≥ 0, got repeats={repeats}, warmup={warmup}")
-    inner = {}
-    for name, fn in calls.items():
-        first, _ = _seconds(fn, device)
-        inner[name] = max(1, math.ceil(min_sample_seconds / max(first, 1e-9)))
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in calls}
-    for round_ in range(warmup + repeats):
-        for name, fn in calls.items():
-            count = inner[name]
-
-            def batch(fn=fn, count=count) -> None:
-                for _ in range(count):
-                    fn()
-
-            wall, cpu = _seconds(batch, device)
-            if round_ >= warmup:
-                samples[name].append((wall / count, cpu / count))
-    wall = {name: statistics.median(w for w, _ in values) for name, values in samples.items()}
-    cpu = {}
-    if device.type == "cpu":
-        cpu = {name: statistics.median(c for _, c in values) for name, values in samples.items()}
-    return wall, cpu
-
-
 def attention_alone(size: BlockSize, dtype: torch.dtype, device: torch.device, causal: bool) -> Callable[[], Tensor]:
     """One ``scaled_dot_product_attention`` call on random heads ``(B, heads, T, D / heads)``.
 
@@ -834,7 +739,7 @@ def measure_block(
 ) -> BlockMeasurement:
     """Time (f) and (g) for one configuration, and check both against the block's own outputs.
 
-    ``peer``: the public code (:func:`icl_lib.bench_peer.load_peer`), timed in the same rounds on
+    ``peer``: the public code (:func:`icl_lib.benchmarks.bench_peer.load_peer`), timed in the same rounds on
     the CPU where its table has the configuration (bidirectional only; its block has no mask).
     """
     block, tokens = build_block(size, dtype, device, causal)
@@ -1116,7 +1021,7 @@ def _block_section(args: argparse.Namespace, device: torch.device, dtypes: Seque
 # function ``(args, device, dtypes) -> bool`` that prints its tables and PASS/MISS lines and returns
 # whether its correctness checks passed; a new one is added here and gets its options in _parser.
 def _language_model_section(args: argparse.Namespace, device: torch.device, dtypes: Sequence[torch.dtype]) -> bool:
-    """(h) on the pretrained SmolLM2 (:mod:`icl_lib.bench_llm`)."""
+    """(h) on the pretrained SmolLM2 (:mod:`icl_lib.benchmarks.bench_llm`)."""
     from .bench_llm import language_model_section
 
     return language_model_section(args, device, dtypes)
@@ -1131,7 +1036,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device, Sequence[torch.d
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m icl_lib.bench",
+        prog="python -m icl_lib.benchmarks",
         description="Time and peak memory of network_update (query / every position), a naive dense loop, "
         "and the batched every-position check, against a plain forward pass; one block against PyTorch's "
         "fused encoder layer and against the public implementation's figures.",
@@ -1152,7 +1057,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="a clone of github.com/francesco-innocenti/generalising-icl: time its code beside (g) in this process "
-        "(needs jax and equinox; see icl_lib.bench_peer)",
+        "(needs jax and equinox; see icl_lib.benchmarks.bench_peer)",
     )
     parser.add_argument(
         "--naive-max-mib",

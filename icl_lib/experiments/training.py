@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blocks import ACTIVATIONS, CONTEXTUAL_LAYERS, Block, Transformer
-from .checks import module_dtype_device
-from .implicit import forward_with_update, forward_with_updates, implicit_update, network_update
-from .seeding import single_thread
+from ..architectures.blocks import ACTIVATIONS, CONTEXTUAL_LAYERS, Block, Transformer
+from ..core.checks import module_dtype_device
+from ..core.implicit import forward_with_update, forward_with_updates, implicit_update, network_update
+from ..core.seeding import single_thread
 from .tasks import read_prediction, regression_loss, sample_regression
 
 __all__ = ["TrainingConfig", "TrainingHistory", "build_block", "train_block", "predict", "predict_implicit"]
@@ -209,7 +209,7 @@ def predict_implicit(block: torch.nn.Module, tokens: Tensor) -> Tensor:
 def train_block(config: TrainingConfig, *, log_every: int = 0) -> tuple[Block | Transformer, TrainingHistory]:
     """Train a block from scratch under ``config``; returns it (eval mode, ``config.dtype``) and its history.
 
-    Training runs on one torch thread (``icl_lib.seeding.single_thread``), so the trained
+    Training runs on one torch thread (``icl_lib.core.seeding.single_thread``), so the trained
     weights do not depend on the caller's thread count.
 
     With ``config.depth`` set, the same loop trains an :class:`icl_lib.Transformer` stack; its

@@ -79,7 +79,7 @@ def alignment_factors(F: Tensor, u: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
     """The two factors of ``cos_F(F, ΔW)`` for a rank-1 ``ΔW = u aᵀ / ‖a‖²``, batched.
 
     ``cos_F(F, ΔW) = cos(F a, u) · ‖F â‖ / ‖F‖_F`` with ``â = a/‖a‖`` (checked symbolically by
-    :func:`icl_lib.proofs.alignment_steps`): the cosine between what ``F`` and ``ΔW`` do to the
+    :func:`icl_lib.experiments.proofs.alignment_steps`): the cosine between what ``F`` and ``ΔW`` do to the
     vector ``a`` (``ΔW a = u``), times the share of ``F`` that acts along ``a`` (at most 1, and 1
     exactly when every row of ``F`` lies along ``a``).
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checks import check_tokens, module_dtype_device
-from .implicit import ImplicitUpdate, _check_update, forward_with_update
-from .views import BlockView, view_of
+from ..core.checks import check_tokens, module_dtype_device
+from ..core.implicit import ImplicitUpdate, _check_update, forward_with_update
+from ..core.architecture import BlockView, view_of
 
 __all__ = [
     "prompts_with_queries",

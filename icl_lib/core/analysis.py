@@ -1,6 +1,6 @@
 """Measurements on stacks of blocks: per-block and whole-network gaps, every position, ranks, alignment.
 
-These functions turn the exact identities of :mod:`icl_lib.implicit` into the numbers the
+These functions turn the exact identities of :mod:`icl_lib.core.implicit` into the numbers the
 "Beyond the paper" chapters report (Innocenti & Achour, 2025):
 
 * :func:`block_gaps`: for every block of a stack, ``‖out_ℓ(prompt) − out_ℓ(query alone, patched)‖``
@@ -23,17 +23,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .implicit import (
-    ImplicitUpdate,
-    block_inputs,
-    forward_with_update,
-    forward_with_updates,
-    implicit_update,
-    network_update,
-)
-from .checks import check_position
-from .decoders import is_language_model
-from .views import stack_of
+from .architecture import network_of
+from .implicit import forward_with_update, implicit_update
+from .update import ImplicitUpdate
 
 __all__ = [
     "mean_sem",
@@ -99,25 +91,7 @@ def block_gaps(
     """
     if not isinstance(relative, bool):
         raise TypeError(f"relative must be a bool, got {type(relative).__name__}")
-    if is_language_model(model):
-        from .language_models import lm_block_gaps
-
-        return lm_block_gaps(model, tokens, attention_mask, position, relative)
-    if attention_mask is not None:
-        raise ValueError("attention_mask is for transformers language models only")
-    _, blocks, _ = stack_of(model)
-    if isinstance(tokens, Tensor) and tokens.ndim == 3 and tokens.shape[1] < 2:
-        raise ValueError(f"tokens hold {tokens.shape[1]} token(s): the context is empty; need T ≥ 2")
-    inputs = block_inputs(model, tokens)
-    pos = check_position(position, inputs[0].shape[1])
-    gaps = []
-    for block, z in zip(blocks, inputs):
-        update = implicit_update(block, z, position="all" if pos is None else pos)
-        patched = forward_with_update(block, update, z[:, -1:])
-        prompted = block(z) if pos is None else block(z)[:, pos]
-        gap = (prompted - patched).norm(dim=-1)
-        gaps.append(gap / prompted.norm(dim=-1) if relative else gap)
-    return torch.stack(gaps, dim=1)
+    return network_of(model).block_gaps(tokens, attention_mask, position, relative)
 
 
 @torch.no_grad()
@@ -133,15 +107,7 @@ def network_gap(model: nn.Module, tokens: Tensor, *, attention_mask: Tensor | No
         ``(B,)``: ``‖model(tokens)[query] − forward_with_updates(model, network_update(...), query)‖₂``,
         the norm taken over the model's output coordinates (the logits, for a language model).
     """
-    if is_language_model(model):
-        from .language_models import lm_network_gap
-
-        return lm_network_gap(model, tokens, attention_mask)
-    if attention_mask is not None:
-        raise ValueError("attention_mask is for transformers language models only")
-    updates = network_update(model, tokens)
-    patched = forward_with_updates(model, updates, tokens[:, -1])
-    return (model(tokens)[:, -1] - patched).norm(dim=-1)
+    return network_of(model).network_gap(tokens, attention_mask)
 
 
 @torch.no_grad()

@@ -7,14 +7,14 @@ MLP input ``m_i`` and residual stream ``h_i`` at position ``i``, and the same qu
     ΔW_s = (W_s (m_i − a)) aᵀ / ‖a‖²,     Δb′ = h_i − h_x,
 
 where ``W_s`` is the MLP's first layer (``[W_gate; W_up]`` for a gated MLP,
-:mod:`icl_lib.decoders`). Patching every layer and running the model on the last token alone
+:mod:`icl_lib.architectures.families`). Patching every layer and running the model on the last token alone
 gives the prompted final hidden state at the query, hence the same logits (Dherin et al., 2025,
 for one block; Innocenti & Achour, 2025, for residual stacks; Goldwaser et al., 2025, for gated
 MLPs and extra norms).
 
 Everything runs through the model's own ``forward`` (embeddings, rotary or learned positions,
 grouped-query attention, sliding windows, masks, final norm, softcapping): hooks at the modules
-:mod:`icl_lib.decoders` names read ``W_s m + b_s``, ``m`` and ``h`` there, replace a layer's input
+:mod:`icl_lib.architectures.families` names read ``W_s m + b_s``, ``m`` and ``h`` there, replace a layer's input
 (to run a layer on its prompted input at the query alone), and add ``u (vᵀ m)/‖v‖²`` to the
 first-layer outputs and ``Δb′`` after the MLP. Three passes at most: the prompt, the query alone
 for the references ``a`` (every layer fed its prompted input at the query), and the patched
@@ -40,12 +40,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .checks import all_finite, check_position, module_dtype_device
-from .decoders import DecoderFamily, FirstLayer, decoder_layers, family_of, first_layer, split_modules
-from .implicit import ImplicitUpdate, check_reference
+from ..core.architecture import Architecture, register_architecture
+from ..core.checks import all_finite, check_position, module_dtype_device
+from ..core.update import ImplicitUpdate, LowRankPatch, Patch, check_reference
+from ..core.trajectory import NetworkTrajectory
+from .families import (
+    DecoderFamily,
+    FirstLayer,
+    decoder_layers,
+    family_of,
+    first_layer,
+    is_language_model,
+    shift_scale,
+    split_modules,
+)
 
 __all__ = [
-    "LowRankPatch",
     "patch_contributions",
     "greedy_continuation",
     "lm_network_update",
@@ -65,7 +75,8 @@ class _LanguageModel:
     family: DecoderFamily
     layers: list[nn.Module]
     firsts: list[FirstLayer]
-    splits: list[tuple[nn.Module, nn.Module, nn.Module]]  # (mlp, residual, shift) per layer
+    splits: list[tuple[nn.Module, nn.Module | None, nn.Module]]  # (mlp, residual, shift) per layer
+    scales: list[float | None]  # what each layer multiplies its shift output by, if anything
     dtype: torch.dtype
     device: torch.device
     vocab: int
@@ -85,6 +96,7 @@ def _language_model(model: nn.Module) -> _LanguageModel:
         layers=layers,
         firsts=[first_layer(layer, family) for layer in layers],
         splits=[split_modules(layer, family) for layer in layers],
+        scales=[shift_scale(layer, family) for layer in layers],
         dtype=dtype,
         device=device,
         vocab=model.get_input_embeddings().num_embeddings,
@@ -211,25 +223,6 @@ def _select(x: Tensor, at: int | slice | None) -> Tensor:
     return x if at is None else x[:, at].clone()
 
 
-@dataclass(frozen=True)
-class LowRankPatch:
-    """A patch of one decoder layer shared by every prompt: ``ΔW_s = L Rᵀ`` at each of ``P`` kept
-    positions, and ``Δb′`` added after the MLP there (a fitted, query-independent patch).
-
-    Attributes:
-        left: ``L``, ``(P, H_s, r)``.
-        right: ``R``, ``(P, D, r)``.
-        delta_b: ``(P, D)`` shared by every row, ``(B, P, D)`` one per row, or ``None``.
-    """
-
-    left: Tensor
-    right: Tensor
-    delta_b: Tensor | None
-
-
-Patch = ImplicitUpdate | LowRankPatch
-
-
 def _pre_shift(patch: Patch, m: Tensor) -> Tensor:
     """``ΔW_s m`` for MLP inputs ``m (R, T, D)``: ``(R, T, H_s)``.
 
@@ -242,6 +235,18 @@ def _pre_shift(patch: Patch, m: Tensor) -> Tensor:
     if v.ndim == 2:  # one token per row
         u, v, rate = u[:, None], v[:, None], rate[:, None]
     return u * ((m * v).sum(-1) * rate)[..., None]
+
+
+def _input_shift(patch: ImplicitUpdate, m: Tensor) -> Tensor:
+    """``m + δ (vᵀ m)/‖v‖²`` for MLP inputs ``m (R, T, D)``: the patch applied at the MLP input.
+
+    For every map ``W`` that reads ``m``, ``W (m + δ (vᵀm)/‖v‖²) = (W + W δ vᵀ/‖v‖²) m``, so this is
+    ``W_s + ΔW_s`` for a first layer whose maps cannot be hooked one by one (bare expert weights).
+    """
+    delta, v, rate = patch.delta, patch.v, patch.learning_rate
+    if v.ndim == 2:  # one token per row
+        delta, v, rate = delta[:, None], v[:, None], rate[:, None]
+    return torch.addcmul(m, delta, ((m * v).sum(-1) * rate)[..., None])
 
 
 def _out_shift(patch: Patch) -> Tensor | None:
@@ -305,8 +310,10 @@ def _trace(
     """
     trace = _Trace()
     registrations: list[tuple[nn.Module, str, Callable]] = []
-    for index, (layer, first, (mlp, residual, shift)) in enumerate(zip(lm.layers, lm.firsts, lm.splits)):
-        registrations += _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, inputs, patches)
+    for index, (layer, first, (mlp, residual, shift), scale) in enumerate(
+        zip(lm.layers, lm.firsts, lm.splits, lm.scales)
+    ):
+        registrations += _layer_hooks(index, layer, first, mlp, residual, shift, scale, trace, record, inputs, patches)
     calls = [0] * len(registrations)
     arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions, use_cache=False)
     with torch.no_grad(), _hooks(registrations, calls):
@@ -320,8 +327,12 @@ def _trace(
     return trace
 
 
-def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, inputs, patches):
-    """The hooks of one layer for :func:`_trace` (see there)."""
+def _layer_hooks(index, layer, first, mlp, residual, shift, scale, trace, record, inputs, patches):
+    """The hooks of one layer for :func:`_trace` (see there).
+
+    Without a ``residual`` module (a parallel-residual layer), ``h`` is read as the layer's
+    output minus what the ``shift`` module's output (times ``scale``) added to it.
+    """
     hooks: list[tuple[nn.Module, str, Callable]] = []
     if inputs is not None:
         replacement = inputs[index]
@@ -334,20 +345,34 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, input
         hooks.append((layer, "pre", replace_input))
     if "inputs" in record:
         hooks.append((layer, "pre", lambda m, a, k: trace.inputs.append(_select(_first_input(a, k), record["inputs"]))))
-    if "residual" in record:
+    state: dict[str, Tensor] = {}
+    if "residual" in record and residual is not None:
         hooks.append(
             (residual, "pre", lambda m, a, k: trace.residual.append(_select(_first_input(a, k), record["residual"])))
         )
-    state: dict[str, Tensor] = {}
     patch = None if patches is None else patches[index]
-    if "mlp_in" in record or patch is not None:
+    if not first.hookable and isinstance(patch, LowRankPatch):
+        raise TypeError(
+            f"layer {index}'s first MLP layer is bare weights (a mixture of experts), which is patched at its "
+            "input through δ; a fitted LowRankPatch carries no δ"
+        )
+    if "mlp_in" in record or patch is not None or ("pre" in record and not first.hookable):
 
         def read_mlp_input(module, args, kwargs):
             m = _first_input(args, kwargs)
+            if patch is not None and not first.hookable:  # the patch goes into the MLP input itself
+                m = _input_shift(patch, m)
             if "mlp_in" in record:
                 trace.mlp_in.append(_select(m, record["mlp_in"]))
-            if patch is not None:
+            if "pre" in record and not first.hookable:
+                trace.pre.append(first(_select(m, record["pre"])))
+            if patch is not None and first.hookable:
                 state["pre_shift"] = _pre_shift(patch, m)
+            if patch is not None and not first.hookable:
+                if args:
+                    return (m, *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": m}
+            return None
 
         hooks.append((mlp, "pre", read_mlp_input))
     pieces: list[Tensor] = []
@@ -368,6 +393,18 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, trace, record, input
         hooks.append((shift, "post", lambda m, a, out: trace.mlp_out.append(_select(out, record["mlp_out"]))))
     if shift_b is not None:
         hooks.append((shift, "post", lambda m, a, out: out + shift_b))
+    if "residual" in record and residual is None:
+
+        def keep_added(module, args, out):  # a copy: the layer may add to this tensor in place (Falcon)
+            state["added"] = _select(out, record["residual"]).clone()
+
+        def residual_from_output(module, args, out):
+            added = state.pop("added")
+            out = _select(_layer_output(out), record["residual"])
+            trace.residual.append(out - (added if scale is None else scale * added))
+
+        hooks.append((shift, "post", keep_added))
+        hooks.append((layer, "post", residual_from_output))
     if "outputs" in record:
         hooks.append((layer, "post", lambda m, a, out: trace.outputs.append(_select(_layer_output(out), record["outputs"]))))
     return hooks
@@ -401,17 +438,28 @@ def _updates(
     record = {"inputs": tail, "pre": at, "residual": at}
     if outputs:
         record["outputs"] = at
+    input_patched = [not first.hookable for first in lm.firsts]
+    if any(input_patched):  # those layers keep δ = m_p − a (see ImplicitUpdate.delta)
+        record["mlp_in"] = at
     trace = _trace(lm, prompt, record, logits=logits)
+    prompted_m = trace.mlp_in if any(input_patched) else [None] * len(lm.layers)
     _check_finite(lm, trace.inputs + trace.pre + trace.residual, "the layer inputs, MLP pre-activations or residual stream")
     alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
     reference = _trace(lm, alone, {"mlp_in": None, "pre": None, "residual": None}, inputs=trace.inputs, logits=False)
     t = prompt.ids.shape[1]
     updates = []
-    for pre, h, a, pre_a, h_a in zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual):
+    layers = zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual, lm.scales,
+                 prompted_m, input_patched)
+    for pre, h, a, pre_a, h_a, scale, m, keep_delta in layers:
+        delta = None
         if kept == 1:
             a, pre_a, h_a = a[:, 0], pre_a[:, 0], h_a[:, 0]
+            if keep_delta:
+                delta = m - (a[:, None] if position is None else a)
             if position is None:  # every position against the query alone
                 pre_a, h_a = pre_a[:, None], h_a[:, None]
+        elif keep_delta:
+            delta = m - a
         for k in range(a.shape[1] if kept > 1 else 0):
             check_reference(a[:, k])
         if kept == 1:
@@ -420,10 +468,11 @@ def _updates(
             ImplicitUpdate(
                 u=pre.sub_(pre_a),  # pre is this function's own concatenation: no copy needed
                 v=a,
-                delta_b=h - h_a,
+                delta_b=h - h_a if scale is None else (h - h_a) / scale,  # in the shift output's units
                 position=position if kept == 1 else None,
                 n_tokens=t,
                 position_ids=prompt.positions[:, -1] if kept == 1 else prompt.positions[:, tail],
+                delta=delta,
             )
         )
     return updates, trace
@@ -479,6 +528,9 @@ def _check_updates(lm: _LanguageModel, updates: object, batch: int, kept: int) -
             raise ValueError(f"the query has batch size {batch} but updates[{i}] has {update.v.shape[0]}")
         if update.position_ids is None:
             raise ValueError(f"updates[{i}] carries no position ids: compute it with icl_lib.network_update on this model")
+        if not first.hookable and update.delta is None:
+            raise ValueError(f"updates[{i}] carries no δ, which layer {i} (a mixture of experts) is patched with: "
+                             "compute it with icl_lib.network_update on this model")
         per_token = update.v.shape[1] if update.v.ndim == 3 else 1
         if kept == 1 and (update.stacked or update.position != update.n_tokens - 1):
             raise ValueError(
@@ -518,8 +570,9 @@ def _flatten_stacked(update: ImplicitUpdate) -> ImplicitUpdate:
     v = update.v[:, None].expand(b, p, -1).reshape(b * p, -1)
     shift = None if update.delta_b is None else update.delta_b.reshape(b * p, -1)
     ids = None if update.position_ids is None else update.position_ids.repeat_interleave(p)
+    delta = None if update.delta is None else update.delta.reshape(b * p, -1)
     return ImplicitUpdate(u=update.u.reshape(b * p, -1), v=v, delta_b=shift, position=None, n_tokens=update.n_tokens,
-                          position_ids=ids)
+                          position_ids=ids, delta=delta)
 
 
 def lm_block_gaps(
@@ -643,3 +696,50 @@ def lm_trajectory(
         steps.append(updates)
         logits.append(trace.logits)
     return steps, lengths, torch.stack(logits, dim=1)
+
+
+class CausalLMNetwork:
+    """A ``transformers`` causal LM as a :class:`icl_lib.core.architecture.Network`."""
+
+    def __init__(self, model: nn.Module):
+        family_of(model)  # refuse an unsupported family before anything runs
+        self.model = model
+
+    def network_update(self, tokens, position, attention_mask, kept_tokens):
+        return lm_network_update(self.model, tokens, position, attention_mask, kept_tokens)
+
+    def forward_with_updates(self, updates, query):
+        return lm_forward_with_updates(self.model, updates, query)
+
+    def block_inputs(self, tokens, attention_mask):
+        return lm_block_inputs(self.model, tokens, attention_mask)
+
+    def block_gaps(self, tokens, attention_mask, position, relative):
+        return lm_block_gaps(self.model, tokens, attention_mask, position, relative)
+
+    def network_gap(self, tokens, attention_mask):
+        return lm_network_gap(self.model, tokens, attention_mask)
+
+    def trajectory(self, tokens, attention_mask, context_lengths, kept_tokens) -> NetworkTrajectory:
+        steps, lengths, logits = lm_trajectory(self.model, tokens, attention_mask, context_lengths, kept_tokens)
+        return NetworkTrajectory(updates=tuple(tuple(step) for step in steps), context_lengths=lengths, logits=logits)
+
+
+def _layer_view(module: nn.Module) -> None:
+    """A decoder layer of a ``transformers`` model cannot run alone: refuse it with the reason."""
+    if type(module).__module__.startswith("transformers.") and not is_language_model(module):
+        raise TypeError(
+            f"a transformers {type(module).__name__} is not a standalone block: its layers need the model's "
+            "positions and masks. Pass the whole causal LM to network_update, forward_with_updates, block_inputs, "
+            "block_gaps, network_gap or implicit_trajectory"
+        )
+    return None
+
+
+register_architecture(
+    Architecture(
+        name="transformers causal LMs of a registered family (icl_lib.supported_families())",
+        view=_layer_view,
+        network=lambda model: CausalLMNetwork(model) if is_language_model(model) else None,
+    )
+)

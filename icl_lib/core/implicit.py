@@ -1,29 +1,23 @@
 """Exact implicit weight updates: a context becomes a rank-1 patch of the first MLP weight.
 
-Notation (Dherin et al., 2025; for residual blocks, Innocenti & Achour, 2025). A block's MLP
-input at a position is ``m`` (``A(z)`` for a plain block,
-``h`` or ``LN₂ h`` for residual blocks), ``W (H, D)`` is the first MLP weight. With ``a`` the MLP
-input at the query when the absorbed tokens are absent, and ``m_p`` the MLP input at position
-``p`` of the full prompt,
-
-    ΔW = (W δ) aᵀ / ‖a‖²,   δ = m_p − a,         Δb′ = h_p − h_a (residual blocks only),
-
-and the block run on the kept tokens with ``W + ΔW`` (and ``b′ + Δb′``) gives, at the query,
-exactly the prompted output at position ``p``. We store the two factors ``u = W δ`` and
-``v = a``; the dense ``ΔW`` exists only if :attr:`ImplicitUpdate.delta_W` is asked for.
+For one block (:func:`implicit_update`, :func:`forward_with_update`) the computation is written
+here once, against the :class:`~icl_lib.core.architecture.BlockView` of the block. For a whole
+model (:func:`network_update`, :func:`forward_with_updates`, :func:`block_inputs`) the model's
+architecture runs it (:func:`~icl_lib.core.architecture.network_of`): the library's stacks
+block by block through their views, a ``transformers`` causal LM through its own forward with
+hooks at the four sites. The notation is that of :mod:`icl_lib.core.update`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from .checks import check_mask, check_position, check_rows, check_tokens, module_dtype_device
-from .decoders import is_language_model
-from .views import BlockView, stack_of, view_of
+from .architecture import BlockView, network_of, view_of
+from .checks import check_mask, check_position, check_tokens, module_dtype_device
+from .update import ImplicitUpdate, check_reference
 
 __all__ = [
     "ImplicitUpdate",
@@ -33,69 +27,6 @@ __all__ = [
     "forward_with_updates",
     "block_inputs",
 ]
-
-
-@dataclass(frozen=True)
-class ImplicitUpdate:
-    """A factored rank-1 update ``ΔW = u vᵀ / ‖v‖²`` of the first MLP weight, plus ``Δb′``.
-
-    Attributes:
-        u: ``W δ``, shape ``(B, H)``, or ``(B, P, H)`` for a stack of ``P`` updates sharing ``v``
-            (every position of a prompt, or every step of a trajectory).
-        v: ``a``, the MLP input at the query without the absorbed tokens, ``(B, D)``; or
-            ``(B, P, D)``, one per update, when a language model keeps several tokens
-            (``network_update(..., kept_tokens=P)``: each kept token has its own reference).
-        delta_b: the shift of the MLP output bias ``b′``, ``(B, D_out)`` or ``(B, P, D_out)``;
-            ``None`` for a block without residual connection.
-        position: the prompt position whose output the patch reproduces (non-negative), or
-            ``None`` when ``u`` holds one update per position.
-        n_tokens: ``T``, the length of the prompt the update was computed from.
-        position_ids: for a ``transformers`` causal LM, the position id of each prompt's query,
-            ``(B,)`` long (with left padding it differs from ``T − 1``): a model with learned
-            absolute positions (GPT-2) embeds the query alone there. ``None`` for the library's
-            own blocks, whose tokens carry no position id.
-    """
-
-    u: Tensor
-    v: Tensor
-    delta_b: Tensor | None
-    position: int | None
-    n_tokens: int
-    position_ids: Tensor | None = None
-
-    @property
-    def stacked(self) -> bool:
-        """Whether ``u`` carries a leading axis of several updates, ``(B, P, H)``."""
-        return self.u.ndim == 3
-
-    @property
-    def learning_rate(self) -> Tensor:
-        """``h = 1 / ‖a‖²``, shape ``(B,)`` (``(B, P)`` when every update has its own ``v``)."""
-        return 1.0 / (self.v * self.v).sum(-1)
-
-    def _broadcast(self, x: Tensor) -> Tensor:
-        """``x (B, ...)`` of the shared ``v`` given a position axis when ``u`` is stacked over a shared ``v``."""
-        return x[:, None] if self.stacked and self.v.ndim == 2 else x
-
-    @property
-    def delta_W(self) -> Tensor:
-        """The dense update, ``(B, H, D)`` or ``(B, P, H, D)``. Materialised on every call."""
-        scaled_v = self._broadcast(self.v * self.learning_rate[..., None])  # (B, D) or (B, P, D)
-        return self.u[..., :, None] * scaled_v[..., None, :]
-
-    def frobenius_norm(self) -> Tensor:
-        """``‖ΔW‖_F = ‖W δ‖ / ‖a‖`` without forming ΔW; ``(B,)`` or ``(B, P)``."""
-        return self.u.norm(dim=-1) / self._broadcast(self.v.norm(dim=-1))
-
-    def rows(self, index: Tensor) -> ImplicitUpdate:
-        """The update of the prompts ``index`` (a 1-d integer tensor of batch rows)."""
-        index = check_rows(index, "batch rows")
-
-        def pick(x: Tensor | None) -> Tensor | None:
-            return None if x is None else x[index]
-
-        return replace(self, u=self.u[index], v=self.v[index], delta_b=pick(self.delta_b),
-                       position_ids=pick(self.position_ids))
 
 
 def _keep_from_absorb(absorb: Tensor) -> Tensor:
@@ -111,34 +42,6 @@ def _reference(view: BlockView, tokens: Tensor, keep: Tensor | None) -> tuple[Te
     else:
         m, h = view.stream(tokens, keep)
     return check_reference(m[:, -1]), None if h is None else h[:, -1]
-
-
-def check_reference(a: Tensor) -> Tensor:
-    """Refuse a zero reference ``a (B, D)``: the theorem divides by ‖a‖².
-
-    Exactly zero is refused, and so is an ``a`` whose squared norm underflows below the
-    smallest normal number of its dtype (or overflows): ``1/‖a‖²`` would be inf and the
-    patched output NaN.
-    """
-    squared = (a * a).sum(-1)
-    finfo = torch.finfo(a.dtype)
-    if bool(((squared >= finfo.tiny) & (squared <= finfo.max)).all()):  # the usual case: one test
-        return a
-    zero = (a == 0).all(dim=-1)
-    if zero.any():
-        rows = zero.nonzero().flatten().tolist()
-        raise ValueError(
-            f"the MLP input at the query without the absorbed context, A(x), is exactly zero for batch "
-            f"element(s) {rows}: ΔW = W δ aᵀ/‖a‖² is undefined there (no epsilon is added)"
-        )
-    unusable = ~torch.isfinite(squared) | (squared < finfo.tiny)
-    if unusable.any():
-        rows = unusable.nonzero().flatten().tolist()
-        raise ValueError(
-            f"‖A(x)‖² underflows or overflows in {a.dtype} for batch element(s) {rows} "
-            f"(smallest: {squared.min().item():.1e}): 1/‖a‖² is not representable, ΔW is undefined there"
-        )
-    return a
 
 
 def _at(x: Tensor | None, position: int | None) -> Tensor | None:
@@ -262,41 +165,13 @@ def forward_with_update(
     return _patched_output(view, update, m[:, -1], None if h is None else h[:, -1])
 
 
-def _check_stack_tokens(model: nn.Module, tokens: object, name: str, min_length: int):
-    embed, blocks, head = stack_of(model)
-    views = [view_of(block) for block in blocks]
-    dtype, device = module_dtype_device(model)
-    width = getattr(model, "in_dim", views[0].first.in_features)
-    if isinstance(tokens, Tensor) and tokens.ndim == 2 and min_length == 1:
-        tokens = tokens[:, None]  # a query given as (B, D)
-    tokens = check_tokens(tokens, name, width=width, dtype=dtype, device=device, min_length=min_length)
-    return embed, blocks, views, head, tokens
-
-
-def _no_mask_for_stacks(attention_mask: Tensor | None) -> None:
-    if attention_mask is not None:
-        raise ValueError(
-            "attention_mask is for transformers language models; the library's own stacks take every token "
-            "(absent tokens of a single block go through implicit_update's absorb mask)"
-        )
-
-
 def block_inputs(model: nn.Module, tokens: Tensor, *, attention_mask: Tensor | None = None) -> list[Tensor]:
     """The input tokens of every block of a stack, ``depth`` tensors ``(B, T, D)``.
 
     For a ``transformers`` causal LM, ``tokens`` are token ids ``(B, T)`` (optionally with an
     ``attention_mask``) and the result is the input hidden states of every decoder layer.
     """
-    if is_language_model(model):
-        from .language_models import lm_block_inputs
-
-        return lm_block_inputs(model, tokens, attention_mask)
-    _no_mask_for_stacks(attention_mask)
-    embed, blocks, _, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=1)
-    inputs = [embed(tokens)]
-    for block in blocks[:-1]:
-        inputs.append(block(inputs[-1]))
-    return inputs
+    return network_of(model).block_inputs(tokens, attention_mask)
 
 
 def network_update(
@@ -316,7 +191,7 @@ def network_update(
     Args:
         model: an :class:`icl_lib.Transformer`, a ``torch.nn.TransformerEncoder``, an
             ``nn.Sequential`` / ``nn.ModuleList`` of supported blocks, or a ``transformers``
-            causal LM (:data:`icl_lib.decoders.SUPPORTED_LANGUAGE_MODELS`).
+            causal LM of a supported family (:func:`icl_lib.supported_families`).
         tokens: the prompt ``(B, T, in_dim)``, ``T ≥ 2``; for a language model, token ids
             ``(B, T)`` (``torch.long``).
         position: the position whose output the patches reproduce (default the query), or
@@ -330,29 +205,12 @@ def network_update(
             prompted logits. This is the theorem with ``Y`` = the context and ``C \\ Y`` = the
             kept tokens, at every kept position.
 
-    For a language model, each decoder layer's gated MLP has first layer ``W_s = [W_gate; W_up]``,
-    so ``u`` is ``(B, 2H)``; ``Δb′`` is added after the MLP (after Gemma's post-feed-forward norm).
-    The computation is the model's own forward (see the module ``icl_lib.language_models``).
+    For a language model, each decoder layer's first MLP layer ``W_s`` stacks the linear maps
+    that read the MLP input (``[W_gate; W_up]`` for a gated MLP), so ``u`` is ``(B, H_s)``;
+    ``Δb′`` is added where the family adds the MLP's output (after Gemma's post-feed-forward
+    norm). The computation is the model's own forward (:mod:`icl_lib.architectures.causal_lm`).
     """
-    if is_language_model(model):
-        from .language_models import lm_network_update
-
-        return lm_network_update(model, tokens, position, attention_mask, kept_tokens)
-    _no_mask_for_stacks(attention_mask)
-    if kept_tokens != 1:
-        raise ValueError("kept_tokens is for transformers language models; a block's partial contexts go through "
-                         "implicit_update's absorb mask")
-    embed, _, views, _, tokens = _check_stack_tokens(model, tokens, "tokens", min_length=2)
-    pos = check_position(position, tokens.shape[1])
-    z = embed(tokens)
-    updates = []
-    for i, view in enumerate(views):
-        m, h = view.stream(z)
-        pre = view.first(m)  # W m + b at every position: the forward pass and the updates share it
-        updates.append(_update(view, z, _at(pre, pos), _at(h, pos), None, pos))
-        if i + 1 < len(views):  # the last block's output feeds no update: skip the rest of its MLP
-            z = view.finish(pre, h)
-    return updates
+    return network_of(model).network_update(tokens, position, attention_mask, kept_tokens)
 
 
 def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:
@@ -371,23 +229,4 @@ def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], qu
     Returns:
         ``(B, out_dim)``: equal to the model's prompted output at the query.
     """
-    if is_language_model(model):
-        from .language_models import lm_forward_with_updates
-
-        return lm_forward_with_updates(model, updates, query)
-    embed, blocks, _, head, query = _check_stack_tokens(model, query, "query", min_length=1)
-    if query.shape[1] != 1:
-        raise ValueError(f"query must be one token, (B, in_dim) or (B, 1, in_dim); got {tuple(query.shape)}")
-    if not isinstance(updates, Sequence) or len(updates) != len(blocks):
-        got = len(updates) if isinstance(updates, Sequence) else type(updates).__name__
-        raise ValueError(f"updates must be a sequence of one ImplicitUpdate per block ({len(blocks)}), got {got}")
-    for i, update in enumerate(updates):
-        if isinstance(update, ImplicitUpdate) and (update.stacked or update.position != update.n_tokens - 1):
-            raise ValueError(
-                f"updates[{i}] reproduces position {update.position} of a {update.n_tokens}-token prompt, not the "
-                "query: a patched stack runs the query alone, so it needs network_update(..., position=-1)"
-            )
-    z = embed(query)
-    for block, update in zip(blocks, updates):
-        z = forward_with_update(block, update, z)[:, None]
-    return head(z[:, 0])
+    return network_of(model).forward_with_updates(updates, query)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .decoders import is_language_model
-from .implicit import ImplicitUpdate, _check_block_tokens, check_reference
+from .architecture import find_view, network_of
+from .implicit import _check_block_tokens
+from .update import ImplicitUpdate, check_reference
 
 __all__ = ["ImplicitTrajectory", "NetworkTrajectory", "implicit_trajectory"]
 
@@ -167,11 +168,8 @@ def implicit_trajectory(
         kept_tokens: language models only: the query ``x`` is the last ``K`` tokens (e.g. a whole
             query line); every one of them gets its own patch (see :func:`icl_lib.network_update`).
     """
-    if is_language_model(block):
-        from .language_models import lm_trajectory
-
-        steps, lengths, logits = lm_trajectory(block, tokens, attention_mask, context_lengths, kept_tokens)
-        return NetworkTrajectory(updates=tuple(tuple(step) for step in steps), context_lengths=lengths, logits=logits)
+    if find_view(block) is None:  # a whole model: its architecture runs the truncated prompts
+        return network_of(block).trajectory(tokens, attention_mask, context_lengths, kept_tokens)
     if attention_mask is not None or context_lengths is not None or kept_tokens != 1:
         raise ValueError("attention_mask, context_lengths and kept_tokens are for transformers language models only")
     view, _, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)

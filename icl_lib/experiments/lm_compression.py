@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .implicit import ImplicitUpdate
-from .language_models import LowRankPatch, _language_model, _Prompt, _trace, check_ids, lm_forward_with_updates
+from ..core.update import ImplicitUpdate
+from ..architectures.causal_lm import LowRankPatch, _language_model, _Prompt, _trace, check_ids, lm_forward_with_updates
 
 __all__ = ["LanguageStaticPatch", "fit_lm_static_patch", "apply_lm_static_patch", "transported_logits", "next_token_kl"]
 
@@ -36,7 +36,7 @@ class LanguageStaticPatch:
     """One fitted patch per decoder layer and kept position (see :func:`icl_lib.fit_lm_static_patch`).
 
     Attributes:
-        layers: one ``icl_lib.language_models.LowRankPatch`` per layer (``P`` kept positions).
+        layers: one ``icl_lib.core.update.LowRankPatch`` per layer (``P`` kept positions).
         position_ids: ``(P,)``, where the kept tokens stood in the calibration prompts.
         n_queries: ``Q``, the calibration queries.
         residual: ``(L, P)``: ``(1/Q) Σ_q ‖Γ a_q − u_q‖² / ((1/Q) Σ_q ‖u_q‖²)``, the share of the exact
@@ -110,7 +110,7 @@ def apply_lm_static_patch(
             how much of the prompt's effect the static weight patch alone fails to carry).
     """
     if not isinstance(patch, LanguageStaticPatch):
-        raise TypeError(f"patch must be an icl_lib.lm_compression.LanguageStaticPatch, got {type(patch).__name__}")
+        raise TypeError(f"patch must be an icl_lib.experiments.lm_compression.LanguageStaticPatch, got {type(patch).__name__}")
     lm = _language_model(model)
     query_ids = check_ids(query_ids, "query_ids", lm)
     b, p = query_ids.shape

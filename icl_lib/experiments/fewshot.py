@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .checks import check_rows
+from ..core.checks import check_rows
 
 __all__ = ["FewShotTask", "TaskPrompts", "TASKS", "task_prompts", "answer_accuracy"]
 
@@ -245,7 +245,7 @@ def answer_accuracy(logits: Tensor, prompts: TaskPrompts) -> Tensor:
 
     Args:
         logits: ``(Q, vocab)`` at the last token of each prompt.
-        prompts: the task's :class:`icl_lib.fewshot.TaskPrompts` (for the answers).
+        prompts: the task's :class:`icl_lib.experiments.fewshot.TaskPrompts` (for the answers).
 
     Returns:
         ``(Q,)`` bool.

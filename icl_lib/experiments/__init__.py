@@ -1,0 +1,1 @@
+"""The book's experiments: tasks, training, baselines, fine-tuning, compression, proofs and figures."""
