@@ -5,7 +5,10 @@ the first MLP weight (chapter 2 of the book, "The theorem and its proof"); the s
 proposition that absorbing the context one token at a time is a sequence of gradient steps
 (chapter 3, "Implicit learning dynamics"). The third is the book's own: the matrix cosine of
 any ``F`` with a rank-one update factors into a cosine at one vector and a share of ``F``
-(chapter 6, "Fine-tuning versus the implicit update").
+(chapter 6, "Fine-tuning versus the implicit update"). Chapter 11 adds three for modern decoder
+layers: the theorem for gated MLPs (:func:`gated_steps`); that a parallel-residual layer needs no
+weight patch, its context being a steering vector (:func:`parallel_steps`); and two weight patches
+that carry a steering vector where the MLP has no output bias (:func:`output_side_steps`).
 
 Every result of this module is a list of :class:`ProofStep`. A step holds two sympy
 expressions ``lhs`` and ``rhs`` and a flag ``verified`` that is ``True`` only when sympy
@@ -58,6 +61,8 @@ __all__ = [
     "theorem_entries",
     "dynamics_steps",
     "gated_steps",
+    "parallel_steps",
+    "output_side_steps",
     "alignment_steps",
     "all_steps",
     "report",
@@ -938,14 +943,350 @@ def alignment_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
 
 
 # ---------------------------------------------------------------------------
+# Parallel-residual blocks (GPT-J, GPT-NeoX/Pythia, Phi, Falcon, Cohere): no weight patch
+# ---------------------------------------------------------------------------
+
+
+def _vector_function(name: str, argument: sympy.Basic, size: sympy.Expr) -> sympy.MatrixExpr:
+    """An opaque vector-valued function of a vector, in general dimension.
+
+    The result is the (size x 1) matrix expression whose entry ``j`` is ``name(j, argument)``:
+    an undefined sympy function of the index and of the whole argument, so nothing is assumed
+    about it (not elementwise, not linear). Two calls with equal arguments give equal matrices.
+    """
+    j, k = sympy.symbols("j k", integer=True)
+    f = sympy.Function(name)
+    return sympy.FunctionMatrix(size, 1, sympy.Lambda((j, k), f(j, argument)))
+
+
+def _rms_norm(v: sympy.Matrix, scale: sympy.Matrix, eps: sympy.Symbol) -> sympy.Matrix:
+    """Explicit RMSNorm ``scale ⊙ v / sqrt(ε + ‖v‖²/len(v))`` of a column of symbols."""
+    rms = sympy.sqrt(eps + _squared_norm(v) / v.rows)
+    return scale.multiply_elementwise(v) / rms
+
+
+def parallel_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
+    """A parallel-residual layer needs no weight patch: the context is a steering vector.
+
+    GPT-J, GPT-NeoX/Pythia (``use_parallel_residual=True``), Phi-1/1.5/2, Falcon, Cohere and
+    StableLM's parallel variant compute, for a layer input ``z`` (tokens ``z_1..z_T``),
+    ``out_i = z_i + Attn(N₁ z)_i + MLP(N₂ z_i)`` (``N₁`` and ``N₂`` may be one norm; the MLP
+    may be gated or not, with first layer ``W_s``, stacked for a gated MLP). The MLP reads the
+    layer's own input token, ``m_i = N₂(z_i)``, not the attention output. Run on the query
+    alone with its prompted input ``z_i`` (as the library's references are), the layer's MLP
+    input is ``a = N₂(z_i) = m_i``: ``δ = m_i − a = 0`` and ``ΔW_s = W_s δ aᵀ/‖a‖² = 0``. The
+    whole effect of the context at that layer is the steering vector ``Δb′ = h_i − h_x`` (``h``:
+    what is added to the MLP output, ``z + Attn``), that is ``Attn(N₁ z)_i − A_x`` with ``A_x``
+    the attention output of the query alone; with it the layer returns ``out_i`` exactly.
+
+    General dimension (``N`` and the MLP opaque vector-valued functions, the MLP any function
+    of its first layer's pre-activation ``W_s m``; attention outputs ``A_i``, ``A_x`` as
+    symbols): ``parallel-delta``, ``parallel-patch``, ``parallel-steering``,
+    ``parallel-output``; and, for contrast, ``parallel-sequential``: in the sequential layout
+    (``use_parallel_residual=False``, Llama) ``m_i = N₂(h_i)`` depends on the context through
+    ``h_i``, ``δ ≠ 0`` in general, and the rank-one patch of :func:`gated_steps` does the work.
+    Explicit entries (sizes ``H``, ``D``; ``N`` an explicit RMSNorm, a SiLU-type gated MLP
+    ``W_down (φ(W_gate m) ⊙ W_up m)`` with ``φ`` entry by entry, attention outputs as symbol
+    vectors): ``parallel-delta.entries``, ``parallel-patch.entries``,
+    ``parallel-output.entries``.
+
+    Raises:
+        ValueError: if a size is not an integer >= 1.
+    """
+    _check_size(H=H, D=D)
+    rows, cols = sympy.symbols("H D", integer=True, positive=True)
+    z = sympy.MatrixSymbol("z_i", cols, 1)
+    A_i, A_x = sympy.MatrixSymbol("A_i", cols, 1), sympy.MatrixSymbol("A_x", cols, 1)
+    W = sympy.MatrixSymbol("W_s", rows, cols)
+    s = sympy.Symbol(r"\|a\|^{2}", positive=True)
+    m_par = _vector_function("N", z, cols)  # the prompted MLP input N₂(z_i)
+    a_par = _vector_function("N", z, cols)  # the query-alone MLP input N₂(z_i)
+    squares = {a_par: s}
+
+    def mlp(first: sympy.MatrixExpr, m: sympy.MatrixExpr) -> sympy.MatrixExpr:
+        return _vector_function("MLP", first * m, cols)
+
+    delta = sympy.MatAdd(m_par, -a_par, evaluate=False)
+    dW = W * (m_par - a_par) * a_par.T / s
+    steer = sympy.MatAdd(z + A_i, -(z + A_x), evaluate=False)
+    h_i, h_x = z + A_i, z + A_x
+    m_seq, a_seq = _vector_function("N", h_i, cols), _vector_function("N", h_x, cols)
+    dW_seq = W * (m_seq - a_seq) * a_seq.T / s
+    steps = [
+        _step(
+            "parallel-delta",
+            "The MLP reads N(z_i) in the prompted layer and in the layer run on the query "
+            "alone with its prompted input: δ = m_i − a = N(z_i) − N(z_i) = 0.",
+            delta,
+            sympy.ZeroMatrix(cols, 1),
+            GENERAL,
+        ),
+        _step(
+            "parallel-patch",
+            "So the update of the first layer vanishes: ΔW_s = W_s δ aᵀ/‖a‖² = 0, for any "
+            "first layer W_s (a stacked [W_gate; W_up] included).",
+            dW,
+            sympy.ZeroMatrix(rows, cols),
+            GENERAL,
+            squares,
+        ),
+        _step(
+            "parallel-steering",
+            "The steering vector Δb′ = h_i − h_x, with h = z + Attn, is the attention "
+            "difference alone: Δb′ = A_i − A_x.",
+            steer,
+            A_i - A_x,
+            GENERAL,
+        ),
+        _step(
+            "parallel-output",
+            "The layer on the query alone, with the zero patch and Δb′ added after the MLP, "
+            "returns the prompted out_i = z_i + A_i + MLP(W_s m_i).",
+            h_x + mlp(W + dW, a_par) + steer,
+            h_i + mlp(W, m_par),
+            GENERAL,
+            squares,
+        ),
+        _step(
+            "parallel-sequential",
+            "Contrast: in a sequential layer m_i = N(h_i) and a = N(h_x) differ, and the "
+            "rank-one patch is needed: (W_s + W_s (m_i − a) aᵀ/‖a‖²) a = W_s m_i.",
+            (W + dW_seq) * a_seq,
+            W * m_seq,
+            GENERAL,
+            {a_seq: s},
+        ),
+    ]
+    method = _entries_method(H, D)
+    Wg, Wu, Wd = _matrix("g", H, D), _matrix("u", H, D), _matrix("d", D, H)
+    z_e, gamma = _vector("z", D), _vector(r"\gamma", D)
+    A_i_e, A_x_e = _vector("A", D), _vector("A^{x}", D)
+    eps = sympy.Symbol(r"\epsilon", positive=True)
+    phi = sympy.Function(r"\varphi")
+    stacked = Wg.col_join(Wu)
+    m_e = _rms_norm(z_e, gamma, eps)  # prompted MLP input
+    a_e = _rms_norm(z_e, gamma, eps)  # query-alone MLP input
+    dWs = stacked * (m_e - a_e) * a_e.T / _squared_norm(a_e)
+
+    def gated(first: sympy.Matrix, m: sympy.Matrix) -> sympy.Matrix:
+        p = first * m
+        return Wd * p[:H, :].applyfunc(phi).multiply_elementwise(p[H:, :])
+
+    steer_e = (z_e + A_i_e) - (z_e + A_x_e)
+    steps += [
+        _step(
+            "parallel-delta.entries",
+            "Entry by entry, with N = RMSNorm(γ, ε): δ = N(z_i) − N(z_i) = 0.",
+            m_e - a_e,
+            sympy.zeros(D, 1),
+            method,
+        ),
+        _step(
+            "parallel-patch.entries",
+            "The stacked update of the gated MLP, [W_gate; W_up] δ aᵀ/‖a‖², is the zero "
+            "2H x D matrix.",
+            dWs,
+            sympy.zeros(2 * H, D),
+            method,
+        ),
+        _step(
+            "parallel-output.entries",
+            "z_i + A_x + W_down(φ(W_gate a) ⊙ W_up a) + Δb′ with Δb′ = A_i − A_x equals "
+            "the prompted z_i + A_i + W_down(φ(W_gate m_i) ⊙ W_up m_i).",
+            z_e + A_x_e + gated(stacked + dWs, a_e) + steer_e,
+            z_e + A_i_e + gated(stacked, m_e),
+            method,
+        ),
+    ]
+    return steps
+
+
+# ---------------------------------------------------------------------------
+# The steering vector without an MLP output bias: W_down or the post-MLP norm scale
+# ---------------------------------------------------------------------------
+
+
+def output_side_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
+    """Two weight patches that carry a steering vector ``d`` where the MLP has no output bias.
+
+    The theorem's ``Δb′ = d`` is added after the MLP. A model without an MLP output bias
+    (Llama, Gemma) can take it instead (Goldwaser et al. 2025, arXiv 2511.17864):
+
+    * (a) as a rank-1 update of the MLP's last weight, ``ΔW_down = d uᵀ/‖u‖²``, with ``u`` the
+      MLP's hidden activation at the query (the input of ``W_down``; with the first layer
+      patched it is the prompted hidden activation): ``(W_down + ΔW_down) u = W_down u + d``.
+      Needs ``u ≠ 0``.
+    * (b) where a norm scales the MLP output (Gemma 2/3's post-feed-forward RMSNorm,
+      ``out = s ⊙ n``, ``n = y/rms(y)`` the normalised MLP output, ``s`` the effective scale,
+      ``1 + weight`` for Gemma), as a patch of that scale, ``Δs = d ⊘ n`` (entrywise
+      division): ``(s + Δs) ⊙ n = s ⊙ n + d``. Needs every entry ``n_j ≠ 0``.
+
+    (The hidden activation is written ``u`` because ``h_i``, ``h_x`` denote residual streams.)
+    Both are exact at the query only (one token): at another input ``v`` the patched
+    ``W_down`` adds ``d (uᵀv)/‖u‖²`` and the patched scale adds ``d ⊙ n′ ⊘ n``, not ``d``.
+
+    General dimension: ``out-down`` and ``out-down-elsewhere`` (MatrixSymbols, ``uᵀu = ‖u‖²``);
+    ``out-scale`` (``s ⊙ n = diag(n) s``, with ``diag(n)`` invertible exactly when every
+    ``n_j ≠ 0``). Explicit entries (sizes ``H``, ``D``): ``out-hidden.entries`` (the gated
+    hidden activation with the patched first layer is the prompted one),
+    ``out-down.entries``, ``out-down-rank-one.entries``, ``out-down-layer.entries`` (the
+    residual layer, with ``d = h_i − h_x``), ``out-scale.entries``, ``out-scale-rms.entries``
+    (``n`` an explicit RMS normalisation of the MLP output ``y``), ``out-scale-layer.entries``
+    and ``out-scale-elsewhere.entries``.
+
+    Raises:
+        ValueError: if a size is not an integer >= 1.
+    """
+    _check_size(H=H, D=D)
+    rows, cols = sympy.symbols("H D", integer=True, positive=True)
+    Wd = sympy.MatrixSymbol("W_down", cols, rows)
+    u, v = sympy.MatrixSymbol("u", rows, 1), sympy.MatrixSymbol("v", rows, 1)
+    d, s = sympy.MatrixSymbol("d", cols, 1), sympy.MatrixSymbol("s", cols, 1)
+    diag_n = sympy.MatrixSymbol(r"\operatorname{diag}(n)", cols, cols)
+    t = sympy.Symbol(r"\|u\|^{2}", positive=True)
+    dWd = d * u.T / t
+    steps = [
+        _step(
+            "out-down",
+            "The rank-1 update ΔW_down = d uᵀ/‖u‖² adds d at the hidden activation u: "
+            "(W_down + ΔW_down) u = W_down u + d.",
+            (Wd + dWd) * u,
+            Wd * u + d,
+            GENERAL,
+            {u: t},
+        ),
+        _step(
+            "out-down-elsewhere",
+            "At another hidden activation v it adds d (uᵀv)/‖u‖², not d: the patch is "
+            "exact at the query only.",
+            (Wd + dWd) * v,
+            Wd * v + d * (u.T * v) / t,
+            GENERAL,
+            {u: t},
+        ),
+        _step(
+            "out-scale",
+            "With s ⊙ n = diag(n) s, the scale patch Δs = diag(n)⁻¹ d = d ⊘ n adds d: "
+            "diag(n) (s + Δs) = diag(n) s + d.",
+            diag_n * (s + diag_n.I * d),
+            diag_n * s + d,
+            GENERAL,
+        ),
+    ]
+    method = _entries_method(H, D)
+    Wg, Wu, Wd_e = _matrix("g", H, D), _matrix("w", H, D), _matrix(r"\omega", D, H)
+    a_e, delta_e = _vector("a", D), _vector(r"\delta", D)
+    phi = sympy.Function(r"\varphi")
+    stacked = Wg.col_join(Wu)
+    dWs = stacked * delta_e * a_e.T / _squared_norm(a_e)
+
+    def hidden(first: sympy.Matrix, m: sympy.Matrix) -> sympy.Matrix:
+        p = first * m
+        return p[:H, :].applyfunc(phi).multiply_elementwise(p[H:, :])
+
+    u_e, d_e = _vector("u", H), _vector("d", D)
+    dWd_e = d_e * u_e.T / _squared_norm(u_e)
+    minors = [
+        dWd_e.extract([r1, r2], [c1, c2]).det()
+        for r1, r2 in combinations(range(D), 2)
+        for c1, c2 in combinations(range(H), 2)
+    ]
+    r_i, r_x = _vector("h", D), _vector("h^{x}", D)  # residual streams
+    u_i = hidden(stacked, a_e + delta_e)  # the prompted hidden activation
+    dWd_layer = (r_i - r_x) * u_i.T / _squared_norm(u_i)
+    steps += [
+        _step(
+            "out-hidden.entries",
+            "With the first layer patched, the gated hidden activation at a is the prompted "
+            "one: φ(W_gate′ a) ⊙ W_up′ a = φ(W_gate m) ⊙ W_up m, m = a + δ.",
+            hidden(stacked + dWs, a_e),
+            u_i,
+            method,
+        ),
+        _step(
+            "out-down.entries",
+            "Entry by entry: (W_down + d uᵀ/‖u‖²) u = W_down u + d.",
+            (Wd_e + dWd_e) * u_e,
+            Wd_e * u_e + d_e,
+            method,
+        ),
+        _step(
+            "out-down-rank-one.entries",
+            "Every 2 x 2 minor of d uᵀ/‖u‖² vanishes: ΔW_down has rank at most 1.",
+            sympy.Matrix(minors) if minors else sympy.zeros(1, 1),
+            sympy.zeros(max(len(minors), 1), 1),
+            method,
+        ),
+        _step(
+            "out-down-layer.entries",
+            "With d = h_i − h_x and u the prompted hidden activation, the layer on the "
+            "query alone, h_x + (W_down + d uᵀ/‖u‖²) u, returns h_i + W_down u.",
+            r_x + (Wd_e + dWd_layer) * u_i,
+            r_i + Wd_e * u_i,
+            method,
+        ),
+    ]
+    n_e, n2_e, s_e = _vector("n", D), _vector("n'", D), _vector("s", D)
+    y_e = _vector("y", D)
+    eps = sympy.Symbol(r"\epsilon", positive=True)
+    ones = sympy.ones(D, 1)
+    ny = _rms_norm(y_e, ones, eps)  # y / rms(y)
+
+    def divide(x: sympy.Matrix, y: sympy.Matrix) -> sympy.Matrix:
+        return sympy.Matrix(x.rows, 1, lambda k, _: x[k] / y[k])
+
+    steps += [
+        _step(
+            "out-scale.entries",
+            "Entry by entry: (s + d ⊘ n) ⊙ n = s ⊙ n + d, where every n_j ≠ 0.",
+            (s_e + divide(d_e, n_e)).multiply_elementwise(n_e),
+            s_e.multiply_elementwise(n_e) + d_e,
+            method,
+        ),
+        _step(
+            "out-scale-rms.entries",
+            "The same with n = y/sqrt(ε + ‖y‖²/D) the RMS-normalised MLP output y.",
+            (s_e + divide(d_e, ny)).multiply_elementwise(ny),
+            s_e.multiply_elementwise(ny) + d_e,
+            method,
+        ),
+        _step(
+            "out-scale-layer.entries",
+            "With d = h_i − h_x, the layer on the query alone with the patched scale, "
+            "h_x + (s + Δs) ⊙ n, returns the prompted h_i + s ⊙ n.",
+            r_x + (s_e + divide(r_i - r_x, ny)).multiply_elementwise(ny),
+            r_i + s_e.multiply_elementwise(ny),
+            method,
+        ),
+        _step(
+            "out-scale-elsewhere.entries",
+            "At another normalised output n′ the patched scale adds d ⊙ n′ ⊘ n, not d.",
+            (s_e + divide(d_e, n_e)).multiply_elementwise(n2_e),
+            s_e.multiply_elementwise(n2_e) + divide(d_e.multiply_elementwise(n2_e), n_e),
+            method,
+        ),
+    ]
+    return steps
+
+
+# ---------------------------------------------------------------------------
 # Collection and display
 # ---------------------------------------------------------------------------
 
 
 def all_steps() -> list[ProofStep]:
     """Every step: :func:`theorem_general`, :func:`theorem_entries`, :func:`dynamics_steps`,
-    :func:`alignment_steps` and :func:`gated_steps` at their default sizes. Step names are unique."""
-    return theorem_general() + theorem_entries() + dynamics_steps() + alignment_steps() + gated_steps()
+    :func:`alignment_steps`, :func:`gated_steps`, :func:`parallel_steps` and
+    :func:`output_side_steps` at their default sizes. Step names are unique."""
+    return (
+        theorem_general()
+        + theorem_entries()
+        + dynamics_steps()
+        + alignment_steps()
+        + gated_steps()
+        + parallel_steps()
+        + output_side_steps()
+    )
 
 
 def report(steps: Iterable[ProofStep]) -> str:
