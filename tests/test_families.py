@@ -253,3 +253,90 @@ def test_families_are_listed_in_the_readme_and_the_api_page():
         missing = [f.name for f in icl.supported_families() if f.name not in text]
         assert not missing, f"{page.name} does not list {missing}"
         assert "register_family" in text
+
+
+# --- output-side patches: Δb′ carried by W_down or by the post-MLP norm's scale ---------------
+
+DOWN = ["llama", "qwen2", "gemma", "phi3", "granite", "gpt2", "gpt_neox", "gpt_neox_sequential", "gptj", "phi",
+        "falcon", "cohere", "stablelm", "olmo"]
+NORM = ["gemma2", "gemma3", "gemma3_multimodal", "olmo2"]
+
+
+def _norm_condition(updates) -> float:
+    """``max_ℓ ‖Δb′ ⊘ n‖_∞ ‖n‖_∞ / ‖Δb′‖_∞``: how much the scale patch ``Δs = Δb′ ⊘ n`` amplifies a
+    round-off change of ``n`` at the query (large where an entry of ``n`` is small)."""
+    worst = 0.0
+    for u in updates:
+        d, n = u.delta_b, u.carrier
+        worst = max(worst, float(((d / n).abs().amax(-1) * n.abs().amax(-1) / d.abs().amax(-1)).max()))
+    return worst
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("family", DOWN)
+def test_steering_through_w_down_reproduces_the_prompt_without_an_added_vector(family, dtype):
+    model = build(family, "small", 3, dtype)
+    ids = prompt_ids(3, 11, 7)
+    for kept in (1, 3):
+        updates = icl.network_update(model, ids, kept_tokens=kept, steering="down")
+        assert all(u.steering == "down" and u.carrier.shape[:-1] == u.delta_b.shape[:-1] for u in updates)
+        patched = icl.forward_with_updates(model, updates, ids[:, -kept:])
+        assert relative_error(patched, _logits(model, ids)) <= TOLERANCE[dtype]
+    # without Δb′ in W_down the patched model misses the prompt: the patch does carry it
+    dropped = [dataclasses.replace(u, delta_b=torch.zeros_like(u.delta_b)) for u in updates]
+    assert relative_error(icl.forward_with_updates(model, dropped, ids[:, -3:]), _logits(model, ids)) > 1e-4
+
+
+@pytest.mark.parametrize("family", DOWN[:4])
+def test_steering_through_w_down_with_left_padding(family):
+    model = build(family, "small", 2, torch.float64)
+    ids = prompt_ids(2, 10, 3)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    patched = icl.forward_with_updates(model, icl.network_update(model, ids, attention_mask=mask, steering="down"),
+                                       ids[:, -1:])
+    for row, start in ((0, 4), (1, 0)):
+        want = _logits(model, ids[row : row + 1, start:])
+        assert relative_error(patched[row : row + 1], want) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("family", NORM)
+def test_steering_through_the_norm_scale_is_exact_in_float64(family):
+    model = build(family, "small", 3, torch.float64)
+    ids = prompt_ids(3, 11, 7)
+    for kept in (1, 2):
+        updates = icl.network_update(model, ids, kept_tokens=kept, steering="norm")
+        patched = icl.forward_with_updates(model, updates, ids[:, -kept:])
+        assert relative_error(patched, _logits(model, ids)) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("family", NORM)
+def test_steering_through_the_norm_scale_in_float32_within_its_conditioning(family, seed):
+    """In float32 the scale patch divides by n: a small entry of n amplifies round-off, so the
+    error is bounded by the tolerance times the conditioning, not by the tolerance alone."""
+    model = build(family, "small", seed, torch.float32)
+    ids = prompt_ids(3, 11, seed)
+    updates = icl.network_update(model, ids, steering="norm")
+    error = relative_error(icl.forward_with_updates(model, updates, ids[:, -1:]), _logits(model, ids))
+    assert error <= TOLERANCE[torch.float32] * max(1.0, _norm_condition(updates))
+
+
+def test_steerings_a_family_cannot_carry_are_refused_with_the_reason():
+    ids = prompt_ids(1, 6, 0)
+    with pytest.raises(ValueError, match="passes a norm before it is added .use steering='norm'"):
+        icl.network_update(build("gemma2", "small", 0, torch.float64), ids, steering="down")
+    with pytest.raises(ValueError, match="adds the MLP output as it is .use steering='down'"):
+        icl.network_update(build("llama", "small", 0, torch.float64), ids, steering="norm")
+    with pytest.raises(ValueError, match="names no single last MLP map"):
+        icl.network_update(build("mixtral", "small", 0, torch.float64), ids, steering="down")
+    with pytest.raises(ValueError, match=r"steering must be one of \('bias', 'down', 'norm'\)"):
+        icl.network_update(build("llama", "small", 0, torch.float64), ids, steering="W_down")
+    with pytest.raises(ValueError, match="steering is for transformers language models"):
+        icl.network_update(icl.Transformer(4, 1, 8).double(), torch.randn(1, 3, 4, dtype=torch.float64),
+                           steering="down")
+    model = build("llama", "small", 0, torch.float64)
+    updates = icl.network_update(model, ids, steering="down")
+    broken = [dataclasses.replace(u, carrier=None) for u in updates]
+    with pytest.raises(ValueError, match="has steering 'down' with carrier None"):
+        icl.forward_with_updates(model, broken, ids[:, -1:])

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import reduce
 
 import torch
 from torch import Tensor, nn
@@ -68,18 +69,55 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class _Sites:
+    """Where one decoder layer is read and patched (see :class:`~icl_lib.architectures.families.DecoderFamily`).
+
+    ``scale`` multiplies the ``shift`` output before the residual addition (or is ``None``);
+    ``down`` is the MLP's last linear map, or ``None``; ``norm_scale`` is the effective scale
+    ``s (D,)`` of a ``shift`` norm that scales the MLP output, or ``None``.
+    """
+
+    layer: nn.Module
+    first: FirstLayer
+    mlp: nn.Module
+    residual: nn.Module | None
+    shift: nn.Module
+    scale: float | None
+    down: nn.Module | None
+    norm_scale: Tensor | None
+
+
+def _sites(layer: nn.Module, family: DecoderFamily) -> _Sites:
+    mlp, residual, shift = split_modules(layer, family)
+    down = None if family.down is None else reduce(getattr, family.down.split("."), layer)
+    norm_scale = None
+    if family.norm_offset is not None:
+        weight = getattr(shift, "weight", None)
+        if not isinstance(weight, Tensor) or getattr(shift, "bias", None) is not None:
+            raise TypeError(f"the {family.name} family's {family.shift} is a {type(shift).__name__} with no scale to "
+                            "patch (a norm with a weight and no bias is needed for norm_offset)")
+        norm_scale = weight.detach() + family.norm_offset
+    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down, norm_scale)
+
+
+@dataclass(frozen=True)
 class _LanguageModel:
-    """A checked causal LM and the modules each of its layers is split at."""
+    """A checked causal LM and the sites of each of its layers."""
 
     model: nn.Module
     family: DecoderFamily
-    layers: list[nn.Module]
-    firsts: list[FirstLayer]
-    splits: list[tuple[nn.Module, nn.Module | None, nn.Module]]  # (mlp, residual, shift) per layer
-    scales: list[float | None]  # what each layer multiplies its shift output by, if anything
+    sites: list[_Sites]
     dtype: torch.dtype
     device: torch.device
     vocab: int
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [site.layer for site in self.sites]
+
+    @property
+    def firsts(self) -> list[FirstLayer]:
+        return [site.first for site in self.sites]
 
 
 def _language_model(model: nn.Module) -> _LanguageModel:
@@ -93,10 +131,7 @@ def _language_model(model: nn.Module) -> _LanguageModel:
     return _LanguageModel(
         model=model,
         family=family,
-        layers=layers,
-        firsts=[first_layer(layer, family) for layer in layers],
-        splits=[split_modules(layer, family) for layer in layers],
-        scales=[shift_scale(layer, family) for layer in layers],
+        sites=[_sites(layer, family) for layer in layers],
         dtype=dtype,
         device=device,
         vocab=model.get_input_embeddings().num_embeddings,
@@ -209,6 +244,7 @@ class _Trace:
     mlp_in: list[Tensor] = field(default_factory=list)
     residual: list[Tensor] = field(default_factory=list)
     mlp_out: list[Tensor] = field(default_factory=list)
+    down_in: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     logits: Tensor | None = None
 
@@ -247,6 +283,11 @@ def _input_shift(patch: ImplicitUpdate, m: Tensor) -> Tensor:
     if v.ndim == 2:  # one token per row
         delta, v, rate = delta[:, None], v[:, None], rate[:, None]
     return torch.addcmul(m, delta, ((m * v).sum(-1) * rate)[..., None])
+
+
+def _broadcast_like_shift(patch: ImplicitUpdate, x: Tensor) -> Tensor:
+    """A per-update tensor ``(R, ·)`` or ``(R, K, ·)`` shaped to broadcast against ``(R, T, ·)``."""
+    return x[:, None] if patch.v.ndim == 2 else x
 
 
 def _out_shift(patch: Patch) -> Tensor | None:
@@ -310,10 +351,8 @@ def _trace(
     """
     trace = _Trace()
     registrations: list[tuple[nn.Module, str, Callable]] = []
-    for index, (layer, first, (mlp, residual, shift), scale) in enumerate(
-        zip(lm.layers, lm.firsts, lm.splits, lm.scales)
-    ):
-        registrations += _layer_hooks(index, layer, first, mlp, residual, shift, scale, trace, record, inputs, patches)
+    for index, sites in enumerate(lm.sites):
+        registrations += _layer_hooks(index, sites, trace, record, inputs, patches)
     calls = [0] * len(registrations)
     arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions, use_cache=False)
     with torch.no_grad(), _hooks(registrations, calls):
@@ -327,12 +366,15 @@ def _trace(
     return trace
 
 
-def _layer_hooks(index, layer, first, mlp, residual, shift, scale, trace, record, inputs, patches):
+def _layer_hooks(index, sites, trace, record, inputs, patches):
     """The hooks of one layer for :func:`_trace` (see there).
 
     Without a ``residual`` module (a parallel-residual layer), ``h`` is read as the layer's
     output minus what the ``shift`` module's output (times ``scale``) added to it.
     """
+    layer, first, mlp, residual, shift, scale = (
+        sites.layer, sites.first, sites.mlp, sites.residual, sites.shift, sites.scale
+    )
     hooks: list[tuple[nn.Module, str, Callable]] = []
     if inputs is not None:
         replacement = inputs[index]
@@ -388,11 +430,27 @@ def _layer_hooks(index, layer, first, mlp, residual, shift, scale, trace, record
             return out
 
         hooks.append((module, "post", first_output))
-    shift_b = None if patch is None else _out_shift(patch)
+    if "down_in" in record:
+        hooks.append((sites.down, "pre", lambda m, a, k: trace.down_in.append(_select(_first_input(a, k), record["down_in"]))))
     if "mlp_out" in record:
         hooks.append((shift, "post", lambda m, a, out: trace.mlp_out.append(_select(out, record["mlp_out"]))))
-    if shift_b is not None:
+    steering = "bias" if patch is None or isinstance(patch, LowRankPatch) else patch.steering
+    shift_b = None if patch is None else _out_shift(patch)
+    if shift_b is not None and steering == "bias":
         hooks.append((shift, "post", lambda m, a, out: out + shift_b))
+    if shift_b is not None and steering == "down":  # W_down + Δb′ cᵀ/‖c‖², applied to the map's input x
+
+        def read_hidden(module, args, kwargs):
+            state["hidden"] = _first_input(args, kwargs)
+
+        carrier = _broadcast_like_shift(patch, patch.carrier)
+        norm2 = (carrier * carrier).sum(-1, keepdim=True)
+        hooks.append((sites.down, "pre", read_hidden))
+        hooks.append((sites.down, "post", lambda m, a, out: out + shift_b * ((state.pop("hidden") * carrier).sum(
+            -1, keepdim=True) / norm2)))
+    if shift_b is not None and steering == "norm":  # s + Δb′ ⊘ c: adds (Δb′ ⊘ c) ⊙ n, n = out ⊘ s
+        ratio = shift_b / _broadcast_like_shift(patch, patch.carrier)
+        hooks.append((shift, "post", lambda m, a, out: out + ratio * (out / sites.norm_scale)))
     if "residual" in record and residual is None:
 
         def keep_added(module, args, out):  # a copy: the layer may add to this tensor in place (Falcon)
@@ -425,8 +483,12 @@ def _updates(
     outputs: bool = False,
     kept: int = 1,
     logits: bool = False,
+    steering: str = "bias",
 ) -> tuple[list[ImplicitUpdate], _Trace]:
     """One update per layer from the prompt pass and the reference pass.
+
+    With ``steering="down"`` or ``"norm"`` the prompt pass also records the carrier of ``Δb′``
+    at the reproduced positions (see :class:`icl_lib.ImplicitUpdate`).
 
     The reference pass runs the last ``kept`` tokens alone (the query, by default), every layer
     fed its prompted input there. With ``kept = 1`` the update reproduces ``position`` (an index,
@@ -441,16 +503,22 @@ def _updates(
     input_patched = [not first.hookable for first in lm.firsts]
     if any(input_patched):  # those layers keep δ = m_p − a (see ImplicitUpdate.delta)
         record["mlp_in"] = at
+    if steering == "down":
+        record["down_in"] = at
+    if steering == "norm":
+        record["mlp_out"] = at
     trace = _trace(lm, prompt, record, logits=logits)
+    carriers = _carriers(lm, trace, steering)
     prompted_m = trace.mlp_in if any(input_patched) else [None] * len(lm.layers)
     _check_finite(lm, trace.inputs + trace.pre + trace.residual, "the layer inputs, MLP pre-activations or residual stream")
     alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
     reference = _trace(lm, alone, {"mlp_in": None, "pre": None, "residual": None}, inputs=trace.inputs, logits=False)
     t = prompt.ids.shape[1]
     updates = []
-    layers = zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual, lm.scales,
-                 prompted_m, input_patched)
-    for pre, h, a, pre_a, h_a, scale, m, keep_delta in layers:
+    scales = [site.scale for site in lm.sites]
+    layers = zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual, scales,
+                 prompted_m, input_patched, carriers)
+    for pre, h, a, pre_a, h_a, scale, m, keep_delta, carrier in layers:
         delta = None
         if kept == 1:
             a, pre_a, h_a = a[:, 0], pre_a[:, 0], h_a[:, 0]
@@ -473,9 +541,48 @@ def _updates(
                 n_tokens=t,
                 position_ids=prompt.positions[:, -1] if kept == 1 else prompt.positions[:, tail],
                 delta=delta,
+                steering=steering,
+                carrier=carrier,
             )
         )
     return updates, trace
+
+
+STEERINGS = ("bias", "down", "norm")
+
+
+def _check_steering(lm: _LanguageModel, steering: object) -> str:
+    """Refuse a ``steering`` the model's family cannot carry, naming why."""
+    if steering not in STEERINGS:
+        raise ValueError(f"steering must be one of {STEERINGS}, got {steering!r}")
+    family = lm.family
+    if steering == "down" and (family.down is None or family.shift != family.mlp):
+        why = ("its MLP output passes a norm before it is added (use steering='norm')" if family.shift != family.mlp
+               else "it names no single last MLP map (DecoderFamily.down)")
+        raise ValueError(f"steering='down' needs Δb′ to be added to the output of W_down; the {family.name} family "
+                         f"cannot: {why}")
+    if steering == "norm" and family.norm_offset is None:
+        raise ValueError(f"steering='norm' patches the scale of a norm after the MLP; the {family.name} family adds "
+                         "the MLP output as it is (use steering='down')")
+    return steering
+
+
+def _carriers(lm: _LanguageModel, trace: _Trace, steering: str) -> list[Tensor | None]:
+    """The carrier of ``Δb′`` per layer: ``W_down``'s input, or the normalised MLP output ``n``."""
+    if steering == "bias":
+        return [None] * len(lm.sites)
+    if steering == "down":
+        for i, c in enumerate(trace.down_in):
+            if not bool(((c * c).sum(-1) > 0).all()):
+                raise ValueError(f"layer {i}'s MLP hidden activation is zero at a reproduced position: "
+                                 "ΔW_down = Δb′ cᵀ/‖c‖² is undefined there")
+        return trace.down_in
+    carriers = [out / site.norm_scale for out, site in zip(trace.mlp_out, lm.sites)]
+    for i, c in enumerate(carriers):
+        if not bool((c != 0).all()) or not all_finite(c):
+            raise ValueError(f"layer {i}'s normalised MLP output has a zero entry (or its norm's scale does) at a "
+                             "reproduced position: Δs = Δb′ ⊘ n is undefined there")
+    return carriers
 
 
 def _check_finite(lm: _LanguageModel, tensors: list[Tensor], what: str) -> None:
@@ -502,12 +609,14 @@ def lm_network_update(
     position: int | str = -1,
     attention_mask: Tensor | None = None,
     kept_tokens: int = 1,
+    steering: str = "bias",
 ) -> list[ImplicitUpdate]:
     """One update per decoder layer (see :func:`icl_lib.network_update`)."""
     lm = _language_model(model)
     kept = _check_kept(kept_tokens, position)
+    steering = _check_steering(lm, steering)
     prompt = _prompt(lm, input_ids, attention_mask, min_tokens=kept + 1)
-    return _updates(lm, prompt, check_position(position, prompt.ids.shape[1]), kept=kept)[0]
+    return _updates(lm, prompt, check_position(position, prompt.ids.shape[1]), kept=kept, steering=steering)[0]
 
 
 def _check_updates(lm: _LanguageModel, updates: object, batch: int, kept: int) -> list[ImplicitUpdate]:
@@ -528,6 +637,9 @@ def _check_updates(lm: _LanguageModel, updates: object, batch: int, kept: int) -
             raise ValueError(f"the query has batch size {batch} but updates[{i}] has {update.v.shape[0]}")
         if update.position_ids is None:
             raise ValueError(f"updates[{i}] carries no position ids: compute it with icl_lib.network_update on this model")
+        if update.steering not in STEERINGS or (update.steering != "bias") != (update.carrier is not None):
+            raise ValueError(f"updates[{i}] has steering {update.steering!r} with carrier "
+                             f"{'None' if update.carrier is None else 'set'}: compute it with icl_lib.network_update")
         if not first.hookable and update.delta is None:
             raise ValueError(f"updates[{i}] carries no δ, which layer {i} (a mixture of experts) is patched with: "
                              "compute it with icl_lib.network_update on this model")
@@ -571,8 +683,9 @@ def _flatten_stacked(update: ImplicitUpdate) -> ImplicitUpdate:
     shift = None if update.delta_b is None else update.delta_b.reshape(b * p, -1)
     ids = None if update.position_ids is None else update.position_ids.repeat_interleave(p)
     delta = None if update.delta is None else update.delta.reshape(b * p, -1)
+    carrier = None if update.carrier is None else update.carrier.reshape(b * p, -1)
     return ImplicitUpdate(u=update.u.reshape(b * p, -1), v=v, delta_b=shift, position=None, n_tokens=update.n_tokens,
-                          position_ids=ids, delta=delta)
+                          position_ids=ids, delta=delta, steering=update.steering, carrier=carrier)
 
 
 def lm_block_gaps(
@@ -705,8 +818,8 @@ class CausalLMNetwork:
         family_of(model)  # refuse an unsupported family before anything runs
         self.model = model
 
-    def network_update(self, tokens, position, attention_mask, kept_tokens):
-        return lm_network_update(self.model, tokens, position, attention_mask, kept_tokens)
+    def network_update(self, tokens, position, attention_mask, kept_tokens, steering):
+        return lm_network_update(self.model, tokens, position, attention_mask, kept_tokens, steering)
 
     def forward_with_updates(self, updates, query):
         return lm_forward_with_updates(self.model, updates, query)

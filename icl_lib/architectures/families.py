@@ -71,6 +71,12 @@ class DecoderFamily:
             attends only to itself and the id does not matter).
         shift_scale: path of a layer attribute (a number) that multiplies the ``shift`` output
             before the residual addition, or ``None``.
+        down: path of the MLP's last linear map (``W_down``), whose output is the MLP output
+            (``network_update(..., steering="down")`` carries ``Δb′`` there), or ``None``.
+        norm_offset: where ``shift`` is a norm without bias that scales the MLP output,
+            ``out = s ⊙ n``, the number added to its ``weight`` to give ``s`` (1 for Gemma's
+            ``(1 + w)``, 0 for a plain RMSNorm): ``steering="norm"`` carries ``Δb′`` in ``s``.
+            ``None`` where the MLP output is added as it is.
     """
 
     name: str
@@ -84,6 +90,8 @@ class DecoderFamily:
     transposed: bool = False
     absolute_positions: bool = False
     shift_scale: str | None = None
+    down: str | None = None
+    norm_offset: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "layers", "mlp", "shift"):
@@ -101,10 +109,23 @@ class DecoderFamily:
         for name in ("transposed", "absolute_positions"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"DecoderFamily.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.down is not None and (not isinstance(self.down, str) or not self.down):
+            raise TypeError(f"DecoderFamily.down must be a non-empty str or None, got {self.down!r}")
+        offset = self.norm_offset
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))):
+            raise TypeError(f"DecoderFamily.norm_offset must be a number or None, got {offset!r}")
+        if offset is not None and self.shift == self.mlp:
+            raise ValueError(f"DecoderFamily {self.name!r}: norm_offset names a norm after the MLP, but shift is the "
+                             "MLP itself")
 
 
 def _llama_like(
-    name: str, prefixes: tuple[str, ...], *, post_norms: bool = False, first: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj")
+    name: str,
+    prefixes: tuple[str, ...],
+    *,
+    post_norms: bool = False,
+    first: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj"),
+    down: str | None = "mlp.down_proj",
 ) -> DecoderFamily:
     """A pre-norm family: ``h = z + Attn(norm₁ z)``, ``out = h + MLP(norm₂ h)``, a gated MLP.
 
@@ -121,6 +142,8 @@ def _llama_like(
         mlp="mlp",
         residual="pre_feedforward_layernorm" if post_norms else "post_attention_layernorm",
         shift="post_feedforward_layernorm" if post_norms else "mlp",
+        down=None if post_norms else down,  # with post-norms the MLP output is normalised before it is added
+        norm_offset=1.0 if post_norms else None,  # Gemma's RMSNorm scales by (1 + weight)
     )
 
 
@@ -142,6 +165,7 @@ _FAMILIES: list[DecoderFamily] = [
         residual="post_attention_layernorm",
         shift="mlp",
         shift_scale="residual_multiplier",
+        down="mlp.down_proj",
     ),
     DecoderFamily(
         name="OLMo2 (norms after each sublayer)",
@@ -152,6 +176,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual="mlp",  # the MLP reads h itself: out = h + PostNorm(MLP(h))
         shift="post_feedforward_layernorm",
+        norm_offset=0.0,
     ),
     DecoderFamily(
         name="Gemma 3 multimodal, text path",
@@ -162,12 +187,16 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual="pre_feedforward_layernorm",
         shift="post_feedforward_layernorm",
+        norm_offset=1.0,
     ),
     # Mixtures of experts: the router and every expert read the MLP input m, through bare weights
     # (a (E, D) router, (E, 2H, D) experts), so these layers are patched at m itself.
-    _llama_like("Mixtral (mixture of experts)", ("Mixtral",), first=("mlp.gate.weight", "mlp.experts.gate_up_proj")),
-    _llama_like("OLMoE (mixture of experts)", ("Olmoe",), first=("mlp.gate.weight", "mlp.experts.gate_up_proj")),
-    _llama_like("Qwen3-MoE (mixture of experts)", ("Qwen3Moe",), first=("mlp.gate.weight", "mlp.experts.gate_up_proj")),
+    _llama_like("Mixtral (mixture of experts)", ("Mixtral",), first=("mlp.gate.weight", "mlp.experts.gate_up_proj"),
+                down=None),
+    _llama_like("OLMoE (mixture of experts)", ("Olmoe",), first=("mlp.gate.weight", "mlp.experts.gate_up_proj"),
+                down=None),
+    _llama_like("Qwen3-MoE (mixture of experts)", ("Qwen3Moe",), first=("mlp.gate.weight", "mlp.experts.gate_up_proj"),
+                down=None),
     _llama_like(
         "Qwen2-MoE (mixture of experts with a shared expert)",
         ("Qwen2Moe",),
@@ -178,6 +207,7 @@ _FAMILIES: list[DecoderFamily] = [
             "mlp.shared_expert.up_proj",
             "mlp.shared_expert_gate",
         ),
+        down=None,  # the experts' W_down are bare 3-D weights and the shared expert adds its own
     ),
     # Parallel-residual layers, out = z + Attn(N₁ z) + MLP(N₂ z): h is read from the output. The
     # same record runs their sequential variants (GPT-NeoX and StableLM with
@@ -192,6 +222,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual=None,
         shift="mlp",
+        down="mlp.dense_4h_to_h",
     ),
     DecoderFamily(
         name="GPT-J (parallel)",
@@ -202,6 +233,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual=None,
         shift="mlp",
+        down="mlp.fc_out",
     ),
     DecoderFamily(
         name="Phi-1/1.5/2 (parallel)",
@@ -212,6 +244,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual=None,
         shift="mlp",
+        down="mlp.fc2",
     ),
     DecoderFamily(
         name="Falcon, parallel or sequential",
@@ -222,6 +255,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual=None,
         shift="mlp",
+        down="mlp.dense_4h_to_h",
     ),
     DecoderFamily(
         name="Cohere (parallel)",
@@ -232,6 +266,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual=None,
         shift="mlp",
+        down="mlp.down_proj",
     ),
     DecoderFamily(
         name="StableLM, parallel or sequential",
@@ -242,6 +277,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual=None,
         shift="mlp",
+        down="mlp.down_proj",
     ),
     DecoderFamily(
         name="GPT-2",
@@ -254,6 +290,7 @@ _FAMILIES: list[DecoderFamily] = [
         shift="mlp",
         transposed=True,
         absolute_positions=True,
+        down="mlp.c_proj",
     ),
 ]
 
@@ -329,7 +366,7 @@ def family_of(model: nn.Module) -> DecoderFamily:
                 f"layer {i} of the {type(model).__name__} is a {type(layer).__name__}, not one of "
                 f"{', '.join(family.layer_classes)}: unsupported decoder layer; supported: {_supported()}"
             )
-        paths = [*family.first, family.mlp, family.shift] + ([family.residual] if family.residual else [])
+        paths = [*family.first, family.mlp, family.shift] + [p for p in (family.residual, family.down) if p]
         for path in paths:
             try:
                 _resolve(layer, path)

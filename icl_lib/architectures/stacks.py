@@ -161,9 +161,12 @@ class StackNetwork:
         return inputs
 
     def network_update(
-        self, tokens: Tensor, position: int | str, attention_mask: Tensor | None, kept_tokens: int
+        self, tokens: Tensor, position: int | str, attention_mask: Tensor | None, kept_tokens: int, steering: str
     ) -> list[ImplicitUpdate]:
         _no_mask(attention_mask)
+        if steering != "bias":
+            raise ValueError("steering is for transformers language models; the library's blocks have an MLP output "
+                             "bias b′, which Δb′ shifts")
         if kept_tokens != 1:
             raise ValueError("kept_tokens is for transformers language models; a block's partial contexts go "
                              "through implicit_update's absorb mask")
@@ -214,7 +217,7 @@ class StackNetwork:
 
     def network_gap(self, tokens: Tensor, attention_mask: Tensor | None) -> Tensor:
         _no_mask(attention_mask)
-        updates = self.network_update(tokens, -1, None, 1)
+        updates = self.network_update(tokens, -1, None, 1, "bias")
         patched = self.forward_with_updates(updates, tokens[:, -1])
         return (self.model(tokens)[:, -1] - patched).norm(dim=-1)
 

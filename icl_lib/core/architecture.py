@@ -63,7 +63,7 @@ class Network(Protocol):
     :mod:`icl_lib.core.trajectory` for the arguments)."""
 
     def network_update(
-        self, tokens: Tensor, position: int | str, attention_mask: Tensor | None, kept_tokens: int
+        self, tokens: Tensor, position: int | str, attention_mask: Tensor | None, kept_tokens: int, steering: str
     ) -> list[ImplicitUpdate]: ...
 
     def forward_with_updates(self, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor: ...

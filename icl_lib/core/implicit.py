@@ -181,6 +181,7 @@ def network_update(
     *,
     attention_mask: Tensor | None = None,
     kept_tokens: int = 1,
+    steering: str = "bias",
 ) -> list[ImplicitUpdate]:
     """One :class:`ImplicitUpdate` per block of a stack, from one forward pass with the context.
 
@@ -204,13 +205,22 @@ def network_update(
             ``forward_with_updates(model, updates, input_ids[:, -K:])`` then reproduces the
             prompted logits. This is the theorem with ``Y`` = the context and ``C \\ Y`` = the
             kept tokens, at every kept position.
+        steering: language models only: how the patched model takes ``Δb′``. ``"bias"``
+            (default): added to the MLP's output. ``"down"``: as the rank-1 update
+            ``ΔW_down = Δb′ cᵀ/‖c‖²`` of the MLP's last weight, ``c`` its input (the hidden
+            activation) at the reproduced position, for a family that adds the MLP output as it
+            is (Llama, Qwen, GPT-2, the parallel families). ``"norm"``: as the patch
+            ``Δs = Δb′ ⊘ n`` of the scale of the norm after the MLP (Gemma 2/3, OLMo2), ``n`` the
+            normalised MLP output there. Either way no vector is added: the context becomes
+            weight patches only (Goldwaser et al., 2025). :func:`forward_with_updates` applies
+            the steering the updates carry.
 
     For a language model, each decoder layer's first MLP layer ``W_s`` stacks the linear maps
     that read the MLP input (``[W_gate; W_up]`` for a gated MLP), so ``u`` is ``(B, H_s)``;
     ``Δb′`` is added where the family adds the MLP's output (after Gemma's post-feed-forward
     norm). The computation is the model's own forward (:mod:`icl_lib.architectures.causal_lm`).
     """
-    return network_of(model).network_update(tokens, position, attention_mask, kept_tokens)
+    return network_of(model).network_update(tokens, position, attention_mask, kept_tokens, steering)
 
 
 def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:

@@ -48,6 +48,16 @@ class ImplicitUpdate:
             whose first-layer maps are bare weights (a mixture of experts): that layer is
             patched at its MLP input, ``m ↦ m + δ (vᵀm)/‖v‖²``, the same map as
             ``W_s + ΔW_s`` on every map that reads ``m``. ``None`` otherwise.
+        steering: how ``Δb′`` enters the patched run: ``"bias"``, added to the MLP output (a
+            shift of its output bias ``b′``, or a vector added where there is none);
+            ``"down"``, as the rank-1 update ``ΔW_down = Δb′ cᵀ/‖c‖²`` of the MLP's last weight;
+            ``"norm"``, as the patch ``Δs = Δb′ ⊘ c`` of the scale ``s`` of the norm that scales
+            the MLP output (Goldwaser et al., 2025). Language models only
+            (``network_update(..., steering=...)``).
+        carrier: ``c``, shaped like ``delta_b`` with the carrier's width: for ``"down"`` the
+            MLP's hidden activation (the input of ``W_down``) at the reproduced position(s), for
+            ``"norm"`` the normalised MLP output ``n`` there (``out = s ⊙ n``); ``None`` for
+            ``"bias"``.
     """
 
     u: Tensor
@@ -57,6 +67,8 @@ class ImplicitUpdate:
     n_tokens: int
     position_ids: Tensor | None = None
     delta: Tensor | None = None
+    steering: str = "bias"
+    carrier: Tensor | None = None
 
     @property
     def stacked(self) -> bool:
@@ -90,7 +102,7 @@ class ImplicitUpdate:
             return None if x is None else x[index]
 
         return replace(self, u=self.u[index], v=self.v[index], delta_b=pick(self.delta_b),
-                       position_ids=pick(self.position_ids), delta=pick(self.delta))
+                       position_ids=pick(self.position_ids), delta=pick(self.delta), carrier=pick(self.carrier))
 
 
 def check_reference(a: Tensor) -> Tensor:
