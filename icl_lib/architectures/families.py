@@ -364,7 +364,8 @@ def family_of(model: nn.Module) -> DecoderFamily:
         if not _class_names(layer) & set(family.layer_classes):
             raise TypeError(
                 f"layer {i} of the {type(model).__name__} is a {type(layer).__name__}, not one of "
-                f"{', '.join(family.layer_classes)}: unsupported decoder layer; supported: {_supported()}"
+                f"{', '.join(family.layer_classes)}: unsupported decoder layer; supported: {_supported()}. A model "
+                "whose layers differ from its family's can be described with icl_lib.register_family"
             )
         paths = [*family.first, family.mlp, family.shift] + [p for p in (family.residual, family.down) if p]
         for path in paths:
