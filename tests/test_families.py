@@ -263,7 +263,7 @@ NORM = ["gemma2", "gemma3", "gemma3_multimodal", "olmo2"]
 
 
 def _norm_condition(updates) -> float:
-    """``max_ℓ ‖Δb′ ⊘ n‖_∞ ‖n‖_∞ / ‖Δb′‖_∞``: how much the scale patch ``Δs = Δb′ ⊘ n`` amplifies a
+    """``max_ℓ ‖Δb′ ⊘ c‖_∞ ‖c‖_∞ / ‖Δb′‖_∞`` (c = s ⊙ n): how much the scale patch ``Δs = Δb′ ⊘ n`` amplifies a
     round-off change of ``n`` at the query (large where an entry of ``n`` is small)."""
     worst = 0.0
     for u in updates:

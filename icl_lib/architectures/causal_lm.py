@@ -73,8 +73,7 @@ class _Sites:
     """Where one decoder layer is read and patched (see :class:`~icl_lib.architectures.families.DecoderFamily`).
 
     ``scale`` multiplies the ``shift`` output before the residual addition (or is ``None``);
-    ``down`` is the MLP's last linear map, or ``None``; ``norm_scale`` is the effective scale
-    ``s (D,)`` of a ``shift`` norm that scales the MLP output, or ``None``.
+    ``down`` is the MLP's last linear map, or ``None``.
     """
 
     layer: nn.Module
@@ -84,20 +83,15 @@ class _Sites:
     shift: nn.Module
     scale: float | None
     down: nn.Module | None
-    norm_scale: Tensor | None
 
 
 def _sites(layer: nn.Module, family: DecoderFamily) -> _Sites:
     mlp, residual, shift = split_modules(layer, family)
     down = None if family.down is None else reduce(getattr, family.down.split("."), layer)
-    norm_scale = None
-    if family.norm_offset is not None:
-        weight = getattr(shift, "weight", None)
-        if not isinstance(weight, Tensor) or getattr(shift, "bias", None) is not None:
-            raise TypeError(f"the {family.name} family's {family.shift} is a {type(shift).__name__} with no scale to "
-                            "patch (a norm with a weight and no bias is needed for norm_offset)")
-        norm_scale = weight.detach() + family.norm_offset
-    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down, norm_scale)
+    if family.scale_norm and getattr(shift, "bias", None) is not None:
+        raise TypeError(f"the {family.name} family's {family.shift} has a bias: its output is not s ⊙ n, so "
+                        "scale_norm cannot hold")
+    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down)
 
 
 @dataclass(frozen=True)
@@ -448,9 +442,11 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
         hooks.append((sites.down, "pre", read_hidden))
         hooks.append((sites.down, "post", lambda m, a, out: out + shift_b * ((state.pop("hidden") * carrier).sum(
             -1, keepdim=True) / norm2)))
-    if shift_b is not None and steering == "norm":  # s + Δb′ ⊘ c: adds (Δb′ ⊘ c) ⊙ n, n = out ⊘ s
+    if shift_b is not None and steering == "norm":
+        # s + Δs with Δs = s ⊙ Δb′ ⊘ c (c = s ⊙ n_p, the norm's output there) adds Δs ⊙ n = out ⊙ Δb′ ⊘ c:
+        # the norm's own output carries n, so its weights are never read (they may be offloaded)
         ratio = shift_b / _broadcast_like_shift(patch, patch.carrier)
-        hooks.append((shift, "post", lambda m, a, out: out + ratio * (out / sites.norm_scale)))
+        hooks.append((shift, "post", lambda m, a, out: out + out * ratio))
     if "residual" in record and residual is None:
 
         def keep_added(module, args, out):  # a copy: the layer may add to this tensor in place (Falcon)
@@ -561,14 +557,14 @@ def _check_steering(lm: _LanguageModel, steering: object) -> str:
                else "it names no single last MLP map (DecoderFamily.down)")
         raise ValueError(f"steering='down' needs Δb′ to be added to the output of W_down; the {family.name} family "
                          f"cannot: {why}")
-    if steering == "norm" and family.norm_offset is None:
+    if steering == "norm" and not family.scale_norm:
         raise ValueError(f"steering='norm' patches the scale of a norm after the MLP; the {family.name} family adds "
                          "the MLP output as it is (use steering='down')")
     return steering
 
 
 def _carriers(lm: _LanguageModel, trace: _Trace, steering: str) -> list[Tensor | None]:
-    """The carrier of ``Δb′`` per layer: ``W_down``'s input, or the normalised MLP output ``n``."""
+    """The carrier of ``Δb′`` per layer: ``W_down``'s input, or the output ``s ⊙ n`` of the norm after the MLP."""
     if steering == "bias":
         return [None] * len(lm.sites)
     if steering == "down":
@@ -577,12 +573,11 @@ def _carriers(lm: _LanguageModel, trace: _Trace, steering: str) -> list[Tensor |
                 raise ValueError(f"layer {i}'s MLP hidden activation is zero at a reproduced position: "
                                  "ΔW_down = Δb′ cᵀ/‖c‖² is undefined there")
         return trace.down_in
-    carriers = [out / site.norm_scale for out, site in zip(trace.mlp_out, lm.sites)]
-    for i, c in enumerate(carriers):
-        if not bool((c != 0).all()) or not all_finite(c):
-            raise ValueError(f"layer {i}'s normalised MLP output has a zero entry (or its norm's scale does) at a "
-                             "reproduced position: Δs = Δb′ ⊘ n is undefined there")
-    return carriers
+    for i, c in enumerate(trace.mlp_out):
+        if not bool((c != 0).all()):
+            raise ValueError(f"layer {i}'s normalised MLP output (or its norm's scale) has a zero entry at a "
+                             "reproduced position: Δs = s ⊙ Δb′ ⊘ (s ⊙ n) is undefined there")
+    return trace.mlp_out
 
 
 def _check_finite(lm: _LanguageModel, tensors: list[Tensor], what: str) -> None:

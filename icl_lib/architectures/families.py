@@ -73,10 +73,9 @@ class DecoderFamily:
             before the residual addition, or ``None``.
         down: path of the MLP's last linear map (``W_down``), whose output is the MLP output
             (``network_update(..., steering="down")`` carries ``Δb′`` there), or ``None``.
-        norm_offset: where ``shift`` is a norm without bias that scales the MLP output,
-            ``out = s ⊙ n``, the number added to its ``weight`` to give ``s`` (1 for Gemma's
-            ``(1 + w)``, 0 for a plain RMSNorm): ``steering="norm"`` carries ``Δb′`` in ``s``.
-            ``None`` where the MLP output is added as it is.
+        scale_norm: ``shift`` is a norm without bias that scales the normalised MLP output,
+            ``out = s ⊙ n`` (Gemma 2/3's and OLMo2's post-feed-forward RMSNorm):
+            ``steering="norm"`` carries ``Δb′`` in its scale ``s``.
     """
 
     name: str
@@ -91,7 +90,7 @@ class DecoderFamily:
     absolute_positions: bool = False
     shift_scale: str | None = None
     down: str | None = None
-    norm_offset: float | None = None
+    scale_norm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("name", "layers", "mlp", "shift"):
@@ -106,16 +105,13 @@ class DecoderFamily:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise TypeError(f"DecoderFamily.{name} must be a non-empty str or None, got {value!r}")
-        for name in ("transposed", "absolute_positions"):
+        for name in ("transposed", "absolute_positions", "scale_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"DecoderFamily.{name} must be a bool, got {getattr(self, name)!r}")
         if self.down is not None and (not isinstance(self.down, str) or not self.down):
             raise TypeError(f"DecoderFamily.down must be a non-empty str or None, got {self.down!r}")
-        offset = self.norm_offset
-        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))):
-            raise TypeError(f"DecoderFamily.norm_offset must be a number or None, got {offset!r}")
-        if offset is not None and self.shift == self.mlp:
-            raise ValueError(f"DecoderFamily {self.name!r}: norm_offset names a norm after the MLP, but shift is the "
+        if self.scale_norm and self.shift == self.mlp:
+            raise ValueError(f"DecoderFamily {self.name!r}: scale_norm says a norm follows the MLP, but shift is the "
                              "MLP itself")
 
 
@@ -143,7 +139,7 @@ def _llama_like(
         residual="pre_feedforward_layernorm" if post_norms else "post_attention_layernorm",
         shift="post_feedforward_layernorm" if post_norms else "mlp",
         down=None if post_norms else down,  # with post-norms the MLP output is normalised before it is added
-        norm_offset=1.0 if post_norms else None,  # Gemma's RMSNorm scales by (1 + weight)
+        scale_norm=post_norms,
     )
 
 
@@ -176,7 +172,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual="mlp",  # the MLP reads h itself: out = h + PostNorm(MLP(h))
         shift="post_feedforward_layernorm",
-        norm_offset=0.0,
+        scale_norm=True,
     ),
     DecoderFamily(
         name="Gemma 3 multimodal, text path",
@@ -187,7 +183,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual="pre_feedforward_layernorm",
         shift="post_feedforward_layernorm",
-        norm_offset=1.0,
+        scale_norm=True,
     ),
     # Mixtures of experts: the router and every expert read the MLP input m, through bare weights
     # (a (E, D) router, (E, 2H, D) experts), so these layers are patched at m itself.

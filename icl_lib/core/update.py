@@ -51,12 +51,12 @@ class ImplicitUpdate:
         steering: how ``Δb′`` enters the patched run: ``"bias"``, added to the MLP output (a
             shift of its output bias ``b′``, or a vector added where there is none);
             ``"down"``, as the rank-1 update ``ΔW_down = Δb′ cᵀ/‖c‖²`` of the MLP's last weight;
-            ``"norm"``, as the patch ``Δs = Δb′ ⊘ c`` of the scale ``s`` of the norm that scales
-            the MLP output (Goldwaser et al., 2025). Language models only
-            (``network_update(..., steering=...)``).
+            ``"norm"``, as the patch ``Δs = Δb′ ⊘ n`` of the scale ``s`` of the norm that scales
+            the normalised MLP output ``n`` (``out = s ⊙ n``; Goldwaser et al., 2025). Language
+            models only (``network_update(..., steering=...)``).
         carrier: ``c``, shaped like ``delta_b`` with the carrier's width: for ``"down"`` the
             MLP's hidden activation (the input of ``W_down``) at the reproduced position(s), for
-            ``"norm"`` the normalised MLP output ``n`` there (``out = s ⊙ n``); ``None`` for
+            ``"norm"`` the norm's output ``s ⊙ n`` there (so ``Δs = s ⊙ Δb′ ⊘ c``); ``None`` for
             ``"bias"``.
     """
 
