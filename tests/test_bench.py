@@ -195,7 +195,9 @@ def test_interleaved_seconds_batches_short_calls():
     def fast():
         counts["fast"] += 1
 
-    wall, cpu = measuring.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=3, min_sample_seconds=1e-3)
+    # 50 ms per sample: a call that does nothing takes far less even on a loaded machine (with 1 ms
+    # the first call alone could exceed it when another process held the core, and failed so)
+    wall, cpu = measuring.interleaved_seconds({"fast": fast}, torch.device("cpu"), repeats=3, min_sample_seconds=0.05)
     assert set(wall) == set(cpu) == {"fast"} and wall["fast"] > 0
     assert counts["fast"] > 1 + 4  # the first call, then more than one call per round
     with pytest.raises(ValueError, match="repeats"):

@@ -113,14 +113,51 @@ class _LanguageModel:
     def firsts(self) -> list[FirstLayer]:
         return [site.first for site in self.sites]
 
+    def factor_dtype(self, requested: object = None) -> torch.dtype:
+        """The dtype the factors are formed and stored in: by default float32 for a half-precision
+        model (its pre-activations' differences are cancellations that half precision would round
+        again), the model's dtype otherwise; a requested dtype must be the model's or wider."""
+        if requested is None:
+            return torch.float32 if self.dtype in _HALF else self.dtype
+        allowed = {self.dtype, torch.float32, torch.float64} - ({torch.float32} if self.dtype == torch.float64 else set())
+        if requested not in allowed:
+            raise ValueError(f"factor_dtype must be one of {sorted(map(str, allowed))} for a {self.dtype} model, "
+                             f"got {requested!r}")
+        return requested
+
+
+#: The parameter dtypes a language model may have.
+MODEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The one floating dtype of the model's parameters; ``ValueError`` if they mix or it is not supported."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1:
+        raise ValueError(f"the {type(model).__name__}'s parameters mix dtypes {sorted(map(str, dtypes))}; "
+                         "cast the model to one dtype")
+    (dtype,) = dtypes
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"the model's parameters are {dtype}; supported: {', '.join(map(str, MODEL_DTYPES))}")
+    return dtype
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    """Where the model takes its token ids: the embedding's device, or, for a model dispatched by
+    ``accelerate`` (``device_map``), the device its hook runs the embedding on."""
+    embed = model.get_input_embeddings()
+    device = getattr(getattr(embed, "_hf_hook", None), "execution_device", None)
+    if device is None:
+        return embed.weight.device
+    return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+
 
 def _language_model(model: nn.Module) -> _LanguageModel:
     family = family_of(model)
     if model.training:
         raise ValueError(f"the {type(model).__name__} is in training mode (dropout is on); call .eval() first")
-    dtype, device = module_dtype_device(model)
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"the model's parameters are {dtype}; use torch.float32 or torch.float64")
+    dtype, device = _model_dtype(model), _input_device(model)
     layers = decoder_layers(model, family)
     return _LanguageModel(
         model=model,
@@ -158,8 +195,7 @@ def check_ids(ids: object, name: str, lm: _LanguageModel) -> Tensor:
         raise ValueError(f"{name} has an empty batch (B=0)")
     if t == 0:
         raise ValueError(f"{name} is an empty prompt (T=0)")
-    if ids.device != lm.device:
-        raise ValueError(f"{name} is on device {ids.device} but the model is on {lm.device}")
+    ids = ids.to(lm.device)  # the model's input device; results come back there too
     bad = (ids < 0) | (ids >= lm.vocab)
     if bad.any():
         row, col = bad.nonzero()[0].tolist()
@@ -175,8 +211,7 @@ def _check_mask(mask: object, ids: Tensor, min_tokens: int) -> Tensor:
         raise TypeError(f"attention_mask must be a torch.Tensor of 0/1 or bool, got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but input_ids has {tuple(ids.shape)}")
-    if mask.device != ids.device:
-        raise ValueError(f"attention_mask is on device {mask.device} but input_ids are on {ids.device}")
+    mask = mask.to(ids.device)
     if mask.dtype != torch.bool:
         if mask.is_floating_point() or mask.is_complex():
             raise TypeError(f"attention_mask must be bool or an integer tensor of 0/1, got {mask.dtype}")
@@ -253,6 +288,14 @@ def _select(x: Tensor, at: int | slice | None) -> Tensor:
     return x if at is None else x[:, at].clone()
 
 
+def _added(out: Tensor, x: Tensor) -> Tensor:
+    """``out + x`` in ``x``'s dtype (the factors' precision), rounded once to ``out``'s dtype, on ``out``'s device."""
+    x = x.to(out.device)
+    if x.dtype == out.dtype:
+        return out + x
+    return (out.to(x.dtype) + x).to(out.dtype)
+
+
 def _pre_shift(patch: Patch, m: Tensor) -> Tensor:
     """``ΔW_s m`` for MLP inputs ``m (R, T, D)``: ``(R, T, H_s)``.
 
@@ -260,11 +303,12 @@ def _pre_shift(patch: Patch, m: Tensor) -> Tensor:
     per row (``T = 1``) or per row and kept position (``v (R, T, D)``).
     """
     if isinstance(patch, LowRankPatch):
-        return torch.einsum("rtd,tdk,thk->rth", m, patch.right, patch.left)
-    u, v, rate = patch.u, patch.v, patch.learning_rate
+        right, left = patch.right.to(m.device), patch.left.to(m.device)
+        return torch.einsum("rtd,tdk,thk->rth", m.to(right.dtype), right, left)
+    u, v, rate = patch.u.to(m.device), patch.v.to(m.device), patch.learning_rate.to(m.device)
     if v.ndim == 2:  # one token per row
         u, v, rate = u[:, None], v[:, None], rate[:, None]
-    return u * ((m * v).sum(-1) * rate)[..., None]
+    return u * ((m.to(v.dtype) * v).sum(-1) * rate)[..., None]
 
 
 def _input_shift(patch: ImplicitUpdate, m: Tensor) -> Tensor:
@@ -273,10 +317,11 @@ def _input_shift(patch: ImplicitUpdate, m: Tensor) -> Tensor:
     For every map ``W`` that reads ``m``, ``W (m + δ (vᵀm)/‖v‖²) = (W + W δ vᵀ/‖v‖²) m``, so this is
     ``W_s + ΔW_s`` for a first layer whose maps cannot be hooked one by one (bare expert weights).
     """
-    delta, v, rate = patch.delta, patch.v, patch.learning_rate
+    delta, v, rate = patch.delta.to(m.device), patch.v.to(m.device), patch.learning_rate.to(m.device)
     if v.ndim == 2:  # one token per row
         delta, v, rate = delta[:, None], v[:, None], rate[:, None]
-    return torch.addcmul(m, delta, ((m * v).sum(-1) * rate)[..., None])
+    wide = m.to(v.dtype)
+    return torch.addcmul(wide, delta, ((wide * v).sum(-1) * rate)[..., None]).to(m.dtype)
 
 
 def _broadcast_like_shift(patch: ImplicitUpdate, x: Tensor) -> Tensor:
@@ -356,7 +401,7 @@ def _trace(
             f"the {type(lm.model).__name__} did not call every module the {lm.family.name} adapter hooks exactly once "
             f"(calls: {calls}); the patches would not be applied where the theorem puts them"
         )
-    trace.logits = out.logits[:, -1] if logits else None
+    trace.logits = out.logits[:, -1].to(lm.device) if logits else None
     return trace
 
 
@@ -374,9 +419,10 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
         replacement = inputs[index]
 
         def replace_input(module, args, kwargs):
+            given = replacement.to(_first_input(args, kwargs).device)
             if args:
-                return (replacement, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": replacement}
+                return (given, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": given}
 
         hooks.append((layer, "pre", replace_input))
     if "inputs" in record:
@@ -416,7 +462,7 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
 
         def first_output(module, args, out, cut=cut, last=part == len(first.modules) - 1):
             if patch is not None:
-                out = out + state["pre_shift"][..., cut]
+                out = _added(out, state["pre_shift"][..., cut])
             if "pre" in record:
                 pieces.append(_select(out, record["pre"]))
                 if last:
@@ -431,7 +477,7 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
     steering = "bias" if patch is None or isinstance(patch, LowRankPatch) else patch.steering
     shift_b = None if patch is None else _out_shift(patch)
     if shift_b is not None and steering == "bias":
-        hooks.append((shift, "post", lambda m, a, out: out + shift_b))
+        hooks.append((shift, "post", lambda m, a, out: _added(out, shift_b)))
     if shift_b is not None and steering == "down":  # W_down + Δb′ cᵀ/‖c‖², applied to the map's input x
 
         def read_hidden(module, args, kwargs):
@@ -439,14 +485,18 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
 
         carrier = _broadcast_like_shift(patch, patch.carrier)
         norm2 = (carrier * carrier).sum(-1, keepdim=True)
+
+        def down_output(module, args, out):
+            hidden = state.pop("hidden").to(carrier.device, carrier.dtype)
+            return _added(out, shift_b * ((hidden * carrier).sum(-1, keepdim=True) / norm2))
+
         hooks.append((sites.down, "pre", read_hidden))
-        hooks.append((sites.down, "post", lambda m, a, out: out + shift_b * ((state.pop("hidden") * carrier).sum(
-            -1, keepdim=True) / norm2)))
+        hooks.append((sites.down, "post", down_output))
     if shift_b is not None and steering == "norm":
         # s + Δs with Δs = s ⊙ Δb′ ⊘ c (c = s ⊙ n_p, the norm's output there) adds Δs ⊙ n = out ⊙ Δb′ ⊘ c:
         # the norm's own output carries n, so its weights are never read (they may be offloaded)
         ratio = shift_b / _broadcast_like_shift(patch, patch.carrier)
-        hooks.append((shift, "post", lambda m, a, out: out + out * ratio))
+        hooks.append((shift, "post", lambda m, a, out: _added(out, out.to(ratio.device, ratio.dtype) * ratio)))
     if "residual" in record and residual is None:
 
         def keep_added(module, args, out):  # a copy: the layer may add to this tensor in place (Falcon)
@@ -480,6 +530,7 @@ def _updates(
     kept: int = 1,
     logits: bool = False,
     steering: str = "bias",
+    factor_dtype: torch.dtype | None = None,
 ) -> tuple[list[ImplicitUpdate], _Trace]:
     """One update per layer from the prompt pass and the reference pass.
 
@@ -514,7 +565,16 @@ def _updates(
     scales = [site.scale for site in lm.sites]
     layers = zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual, scales,
                  prompted_m, input_patched, carriers)
+    wide = lm.factor_dtype(factor_dtype)
+    gather = lm.device
+
+    def factor(x: Tensor) -> Tensor:  # in the factors' dtype, on the model's input device
+        return x.to(gather, wide)
+
     for pre, h, a, pre_a, h_a, scale, m, keep_delta, carrier in layers:
+        pre, h, a, pre_a, h_a = (factor(x) for x in (pre, h, a, pre_a, h_a))
+        m = None if m is None else factor(m)
+        carrier = None if carrier is None else factor(carrier)
         delta = None
         if kept == 1:
             a, pre_a, h_a = a[:, 0], pre_a[:, 0], h_a[:, 0]
@@ -530,7 +590,7 @@ def _updates(
             check_reference(a)
         updates.append(
             ImplicitUpdate(
-                u=pre.sub_(pre_a),  # pre is this function's own concatenation: no copy needed
+                u=pre.sub_(pre_a),  # pre is this function's own tensor (a concatenation or a cast): no copy
                 v=a,
                 delta_b=h - h_a if scale is None else (h - h_a) / scale,  # in the shift output's units
                 position=position if kept == 1 else None,
@@ -605,13 +665,16 @@ def lm_network_update(
     attention_mask: Tensor | None = None,
     kept_tokens: int = 1,
     steering: str = "bias",
+    factor_dtype: torch.dtype | None = None,
 ) -> list[ImplicitUpdate]:
     """One update per decoder layer (see :func:`icl_lib.network_update`)."""
     lm = _language_model(model)
     kept = _check_kept(kept_tokens, position)
     steering = _check_steering(lm, steering)
+    lm.factor_dtype(factor_dtype)  # refuse a bad one before any pass
     prompt = _prompt(lm, input_ids, attention_mask, min_tokens=kept + 1)
-    return _updates(lm, prompt, check_position(position, prompt.ids.shape[1]), kept=kept, steering=steering)[0]
+    position = check_position(position, prompt.ids.shape[1])
+    return _updates(lm, prompt, position, kept=kept, steering=steering, factor_dtype=factor_dtype)[0]
 
 
 def _check_updates(lm: _LanguageModel, updates: object, batch: int, kept: int) -> list[ImplicitUpdate]:
@@ -626,8 +689,9 @@ def _check_updates(lm: _LanguageModel, updates: object, batch: int, kept: int) -
                 f"updates[{i}] has factors u (..., {update.u.shape[-1]}), v (..., {update.v.shape[-1]}) but layer {i}'s "
                 f"first MLP layer is ({first.out_features}, {first.in_features}): computed for another model"
             )
-        if update.u.dtype != lm.dtype:
-            raise ValueError(f"updates[{i}] has dtype {update.u.dtype} but the model's parameters are {lm.dtype}")
+        lm.factor_dtype(update.u.dtype)  # the model's dtype or a wider one
+        if any(x is not None and x.dtype != update.u.dtype for x in (update.v, update.delta_b, update.carrier)):
+            raise ValueError(f"updates[{i}]'s factors mix dtypes: compute it with icl_lib.network_update")
         if update.v.shape[0] != batch:
             raise ValueError(f"the query has batch size {batch} but updates[{i}] has {update.v.shape[0]}")
         if update.position_ids is None:
@@ -813,8 +877,8 @@ class CausalLMNetwork:
         family_of(model)  # refuse an unsupported family before anything runs
         self.model = model
 
-    def network_update(self, tokens, position, attention_mask, kept_tokens, steering):
-        return lm_network_update(self.model, tokens, position, attention_mask, kept_tokens, steering)
+    def network_update(self, tokens, position, attention_mask, kept_tokens, steering, factor_dtype):
+        return lm_network_update(self.model, tokens, position, attention_mask, kept_tokens, steering, factor_dtype)
 
     def forward_with_updates(self, updates, query):
         return lm_forward_with_updates(self.model, updates, query)

@@ -29,6 +29,7 @@ about a family is special-cased anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from functools import reduce
@@ -408,34 +409,57 @@ class FirstLayer:
     A map is a linear module (``nn.Linear``, or GPT-2's ``Conv1D`` with ``transposed``), or a
     bare weight: a router's ``(E, D)`` matrix, or a mixture of experts' ``(E, R, D)`` stack of
     expert first layers, which ``transformers`` 5 stores as 3-D parameters and multiplies in a
-    grouped kernel, with no module per expert to hook. ``W_s`` is never stored: calling the
-    object evaluates each map and concatenates, and :attr:`weight` forms the dense ``(H_s, D)``
-    matrix only when asked for.
+    grouped kernel, with no module per expert to hook. A bare weight is held as its owning module
+    and attribute name and read when it is used: a module that ``accelerate`` offloads has its
+    weights only during its own forward, so it is read inside ``accelerate``'s
+    ``align_module_device``. ``W_s`` is never stored: calling the object evaluates each map and
+    concatenates, and :attr:`weight` forms the dense ``(H_s, D)`` matrix only when asked for.
 
     Args:
-        maps: in stacking order (``gate_proj`` then ``up_proj``; ``c_fc``; router then experts).
+        maps: in stacking order (``gate_proj`` then ``up_proj``; ``c_fc``; router then experts):
+            modules, or ``(owner, attribute)`` pairs naming bare weights.
         transposed: module weights stored ``(D, H)`` (``Conv1D``).
     """
 
-    def __init__(self, maps: tuple[nn.Module | Tensor, ...], transposed: bool):
+    def __init__(self, maps: tuple[nn.Module | tuple[nn.Module, str], ...], transposed: bool):
         self.maps, self.transposed = maps, transposed
         self.hookable = all(isinstance(m, nn.Module) for m in maps)
         self.modules = maps if self.hookable else ()
-        widths = [self._matrix(m).shape[0] for m in maps]
-        self.in_features = self._matrix(maps[0]).shape[1]
-        self.out_features = sum(widths)
-        starts = [sum(widths[:i]) for i in range(len(widths))]
-        self.slices = tuple(slice(s, s + w) for s, w in zip(starts, widths))
+        shapes = [self._shape(m) for m in maps]
+        self.in_features = shapes[0][1]
+        self.out_features = sum(rows for rows, _ in shapes)
+        starts = [sum(rows for rows, _ in shapes[:i]) for i in range(len(shapes))]
+        self.slices = tuple(slice(s, s + rows) for s, (rows, _) in zip(starts, shapes))
 
-    def _matrix(self, m: nn.Module | Tensor) -> Tensor:
-        """One map's weight as an ``(R, D)`` matrix (a view)."""
+    def _shape(self, m: nn.Module | tuple[nn.Module, str]) -> tuple[int, int]:
+        """``(R, D)`` of one map, from its weight's shape (a meta tensor has one too)."""
+        weight = m.weight if isinstance(m, nn.Module) else getattr(*m)
+        if isinstance(m, nn.Module):
+            return tuple(weight.shape[::-1]) if self.transposed else tuple(weight.shape)
+        return (weight.numel() // weight.shape[-1], weight.shape[-1])
+
+    @staticmethod
+    def _bare(owner: nn.Module, name: str) -> Tensor:
+        """A bare weight as ``(R, D)``: call inside :func:`_loaded` for an offloaded owner."""
+        weight = getattr(owner, name)
+        return weight.reshape(-1, weight.shape[-1])
+
+    def _matrix(self, m: nn.Module | tuple[nn.Module, str]) -> Tensor:
         if isinstance(m, nn.Module):
             return m.weight.T if self.transposed else m.weight
-        return m.reshape(-1, m.shape[-1])
+        with _loaded(m[0]):
+            return self._bare(*m).clone()
 
     def __call__(self, m: Tensor) -> Tensor:
         """``(..., D) -> (..., H_s)``: ``W_s m + b_s``."""
-        outs = [f(m) if isinstance(f, nn.Module) else nn.functional.linear(m, self._matrix(f)) for f in self.maps]
+        outs = []
+        for f in self.maps:
+            if isinstance(f, nn.Module):
+                outs.append(f(m))
+                continue
+            with _loaded(f[0]):
+                weight = self._bare(*f)
+                outs.append(nn.functional.linear(m.to(weight.device), weight).to(m.device))
         return torch.cat(outs, dim=-1)
 
     @property
@@ -446,13 +470,30 @@ class FirstLayer:
     @property
     def bias(self) -> Tensor | None:
         """``b_s (H_s,)``, or ``None`` when the maps have no bias."""
-        biases = [getattr(m, "bias", None) for m in self.maps]
+        biases = [getattr(m, "bias", None) if isinstance(m, nn.Module) else None for m in self.maps]
         return None if any(b is None for b in biases) else torch.cat(biases)
+
+
+def _loaded(module: nn.Module):
+    """A context in which an ``accelerate``-offloaded module holds its weights (a no-op otherwise)."""
+    if getattr(module, "_hf_hook", None) is None:
+        return contextlib.nullcontext()
+    from accelerate.utils import align_module_device
+
+    return align_module_device(module)
 
 
 def first_layer(layer: nn.Module, family: DecoderFamily) -> FirstLayer:
     """The stacked first MLP layer of one decoder layer."""
-    return FirstLayer(tuple(_resolve(layer, path) for path in family.first), family.transposed)
+    maps = []
+    for path in family.first:
+        found = _resolve(layer, path)
+        if isinstance(found, nn.Module):
+            maps.append(found)
+        else:
+            owner, _, name = path.rpartition(".")
+            maps.append((_resolve(layer, owner) if owner else layer, name))
+    return FirstLayer(tuple(maps), family.transposed)
 
 
 def split_modules(layer: nn.Module, family: DecoderFamily) -> tuple[nn.Module, nn.Module | None, nn.Module]:

@@ -161,9 +161,17 @@ class StackNetwork:
         return inputs
 
     def network_update(
-        self, tokens: Tensor, position: int | str, attention_mask: Tensor | None, kept_tokens: int, steering: str
+        self,
+        tokens: Tensor,
+        position: int | str,
+        attention_mask: Tensor | None,
+        kept_tokens: int,
+        steering: str,
+        factor_dtype: torch.dtype | None,
     ) -> list[ImplicitUpdate]:
         _no_mask(attention_mask)
+        if factor_dtype is not None:
+            raise ValueError("factor_dtype is for transformers language models; a block's factors are in its dtype")
         if steering != "bias":
             raise ValueError("steering is for transformers language models; the library's blocks have an MLP output "
                              "bias b′, which Δb′ shifts")
@@ -217,7 +225,7 @@ class StackNetwork:
 
     def network_gap(self, tokens: Tensor, attention_mask: Tensor | None) -> Tensor:
         _no_mask(attention_mask)
-        updates = self.network_update(tokens, -1, None, 1, "bias")
+        updates = self.network_update(tokens, -1, None, 1, "bias", None)
         patched = self.forward_with_updates(updates, tokens[:, -1])
         return (self.model(tokens)[:, -1] - patched).norm(dim=-1)
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -63,7 +64,13 @@ class Network(Protocol):
     :mod:`icl_lib.core.trajectory` for the arguments)."""
 
     def network_update(
-        self, tokens: Tensor, position: int | str, attention_mask: Tensor | None, kept_tokens: int, steering: str
+        self,
+        tokens: Tensor,
+        position: int | str,
+        attention_mask: Tensor | None,
+        kept_tokens: int,
+        steering: str,
+        factor_dtype: torch.dtype | None,
     ) -> list[ImplicitUpdate]: ...
 
     def forward_with_updates(self, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor: ...

@@ -182,6 +182,7 @@ def network_update(
     attention_mask: Tensor | None = None,
     kept_tokens: int = 1,
     steering: str = "bias",
+    factor_dtype: torch.dtype | None = None,
 ) -> list[ImplicitUpdate]:
     """One :class:`ImplicitUpdate` per block of a stack, from one forward pass with the context.
 
@@ -214,13 +215,18 @@ def network_update(
             normalised MLP output there. Either way no vector is added: the context becomes
             weight patches only (Goldwaser et al., 2025). :func:`forward_with_updates` applies
             the steering the updates carry.
+        factor_dtype: language models only: the dtype the factors are formed and stored in. By
+            default float32 for a bfloat16 or float16 model (a factor is a difference of two
+            nearby activations, which half precision would round a second time; the patched
+            run adds it in float32 and rounds once), the model's dtype otherwise. Pass the
+            model's half dtype to form them naively, in half precision.
 
     For a language model, each decoder layer's first MLP layer ``W_s`` stacks the linear maps
     that read the MLP input (``[W_gate; W_up]`` for a gated MLP), so ``u`` is ``(B, H_s)``;
     ``Δb′`` is added where the family adds the MLP's output (after Gemma's post-feed-forward
     norm). The computation is the model's own forward (:mod:`icl_lib.architectures.causal_lm`).
     """
-    return network_of(model).network_update(tokens, position, attention_mask, kept_tokens, steering)
+    return network_of(model).network_update(tokens, position, attention_mask, kept_tokens, steering, factor_dtype)
 
 
 def forward_with_updates(model: nn.Module, updates: Sequence[ImplicitUpdate], query: Tensor) -> Tensor:
