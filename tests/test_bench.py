@@ -263,7 +263,7 @@ def test_quick_block_section_prints_its_table_and_verdicts(capsys):
 def test_sections_option():
     with pytest.raises(SystemExit):
         bench.main(["--sections", "grid,nonsense"])
-    assert list(bench.SECTIONS) == ["grid", "block", "llm"]
+    assert list(bench.SECTIONS) == ["grid", "block", "llm", "trajectory"]
 
 
 # ----------------------------------------------------------------------------- (g) beside the public code

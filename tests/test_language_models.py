@@ -148,12 +148,16 @@ def test_trajectory_reproduces_every_truncated_prompt(family, dtype):
     ids = prompt_ids(2, 10, 6)
     trajectory = icl.implicit_trajectory(model, ids)
     assert trajectory.context_lengths == tuple(range(10))
+    # Gemma 2 runs eager attention, whose softmax transformers computes in float32 whatever the
+    # model's dtype: the one-pass trajectory's rows hold more (masked) columns than a truncated
+    # prompt's, so that float32 sum rounds differently
+    tolerance = TOLERANCE[torch.float32 if family == "gemma2" else dtype]
     for step, i in enumerate(trajectory.context_lengths):
         truncated = torch.cat([ids[:, :i], ids[:, -1:]], dim=1)
         want = _logits(model, truncated)
-        assert relative_error(trajectory.logits[:, step], want) <= TOLERANCE[dtype]
+        assert relative_error(trajectory.logits[:, step], want) <= tolerance
         patched = icl.forward_with_updates(model, trajectory.at(step), ids[:, -1:])
-        assert relative_error(patched, want) <= TOLERANCE[dtype]
+        assert relative_error(patched, want) <= tolerance
     norms = trajectory.frobenius_norms()
     assert norms.shape == (2, len(trajectory.at(0)), 10)
     assert (norms[:, :, 0] == 0).all()  # the query alone: nothing to absorb

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import reduce
 
 import torch
@@ -285,7 +285,9 @@ def _select(x: Tensor, at: int | slice | None) -> Tensor:
     ends (30 layers × a few such tensors for SmolLM2), and the allocator would then take fresh,
     not yet touched memory for the next layer's activations instead of reusing it.
     """
-    return x if at is None else x[:, at].clone()
+    if at is None:
+        return x
+    return x[:, at] if isinstance(at, Tensor) else x[:, at].clone()  # indexing by a tensor copies already
 
 
 def _added(out: Tensor, x: Tensor) -> Tensor:
@@ -372,7 +374,7 @@ def _trace(
     record: dict[str, int | slice | None],
     inputs: Sequence[Tensor] | None = None,
     patches: Sequence[Patch] | None = None,
-    logits: bool = True,
+    logits: bool | Tensor = True,
 ) -> _Trace:
     """Run the model once with hooks.
 
@@ -385,8 +387,9 @@ def _trace(
             on the given tokens instead of its predecessor's output.
         patches: optional patch per layer: adds ``ΔW_s m`` to the first-layer outputs and
             ``Δb′`` after the MLP (see :func:`_pre_shift`).
-        logits: also compute the logits at the last position; without them the model's base
-            (the decoder without its language-model head) runs, and ``logits`` stays ``None``.
+        logits: also compute the logits at the last position, or at the columns a 1-d index
+            tensor names (``logits (B, P, V)`` then); without them the model's base (the decoder
+            without its language-model head) runs, and ``logits`` stays ``None``.
     """
     trace = _Trace()
     registrations: list[tuple[nn.Module, str, Callable]] = []
@@ -395,13 +398,19 @@ def _trace(
     calls = [0] * len(registrations)
     arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions, use_cache=False)
     with torch.no_grad(), _hooks(registrations, calls):
-        out = lm.model(**arguments, logits_to_keep=1) if logits else lm.model.base_model(**arguments)
+        if isinstance(logits, Tensor):
+            out = lm.model(**arguments, logits_to_keep=logits)
+        else:
+            out = lm.model(**arguments, logits_to_keep=1) if logits else lm.model.base_model(**arguments)
     if any(c != 1 for c in calls):
         raise RuntimeError(
             f"the {type(lm.model).__name__} did not call every module the {lm.family.name} adapter hooks exactly once "
             f"(calls: {calls}); the patches would not be applied where the theorem puts them"
         )
-    trace.logits = out.logits[:, -1].to(lm.device) if logits else None
+    if isinstance(logits, Tensor):
+        trace.logits = out.logits.to(lm.device)
+    else:
+        trace.logits = out.logits[:, -1].to(lm.device) if logits else None
     return trace
 
 
@@ -555,12 +564,31 @@ def _updates(
     if steering == "norm":
         record["mlp_out"] = at
     trace = _trace(lm, prompt, record, logits=logits)
+    alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
+    position_ids = prompt.positions[:, -1] if kept == 1 else prompt.positions[:, tail]
+    updates = _assemble(lm, trace, alone, position, kept, prompt.ids.shape[1], position_ids, steering, factor_dtype)
+    return updates, trace
+
+
+def _assemble(
+    lm: _LanguageModel,
+    trace: _Trace,
+    alone: _Prompt,
+    position: int | None,
+    kept: int,
+    n_tokens: int,
+    position_ids: Tensor,
+    steering: str = "bias",
+    factor_dtype: torch.dtype | None = None,
+) -> list[ImplicitUpdate]:
+    """The updates from a prompted pass's records and a reference pass on ``alone`` (the kept
+    tokens, every layer fed its prompted input ``trace.inputs (R, K, D)`` there)."""
+    input_patched = [not first.hookable for first in lm.firsts]
     carriers = _carriers(lm, trace, steering)
     prompted_m = trace.mlp_in if any(input_patched) else [None] * len(lm.layers)
     _check_finite(lm, trace.inputs + trace.pre + trace.residual, "the layer inputs, MLP pre-activations or residual stream")
-    alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
     reference = _trace(lm, alone, {"mlp_in": None, "pre": None, "residual": None}, inputs=trace.inputs, logits=False)
-    t = prompt.ids.shape[1]
+    t = n_tokens
     updates = []
     scales = [site.scale for site in lm.sites]
     layers = zip(trace.pre, trace.residual, reference.mlp_in, reference.pre, reference.residual, scales,
@@ -595,13 +623,13 @@ def _updates(
                 delta_b=h - h_a if scale is None else (h - h_a) / scale,  # in the shift output's units
                 position=position if kept == 1 else None,
                 n_tokens=t,
-                position_ids=prompt.positions[:, -1] if kept == 1 else prompt.positions[:, tail],
+                position_ids=position_ids,
                 delta=delta,
                 steering=steering,
                 carrier=carrier,
             )
         )
-    return updates, trace
+    return updates
 
 
 STEERINGS = ("bias", "down", "norm")
@@ -857,17 +885,113 @@ def lm_trajectory(
             raise TypeError(f"context_lengths must be a non-empty sequence of ints, got {context_lengths!r}")
         if any(not 0 <= i <= n_context for i in lengths):
             raise ValueError(f"context_lengths must lie in [0, {n_context}] (the shortest prompt's context), got {lengths}")
-    first = (t - counts)[:, None]  # (B, 1): index of each row's first real token
-    tail = torch.arange(t - kept, t, device=first.device).expand(b, kept)
-    steps, logits = [], []
-    for i in lengths:
-        index = torch.cat([first + torch.arange(i, device=first.device), tail], dim=1)
-        ids = prompt.ids.gather(1, index)  # (B, i + K): c_1..c_i, then the kept tokens
-        truncated = _Prompt(ids, None, torch.arange(i + kept, device=ids.device).expand(b, i + kept))
-        updates, trace = _updates(lm, truncated, i + kept - 1, kept=kept, logits=True)
-        steps.append(updates)
-        logits.append(trace.logits)
-    return steps, lengths, torch.stack(logits, dim=1)
+    return _one_pass_trajectory(lm, prompt, counts, lengths, kept)
+
+
+#: The attention implementations whose masks the one-pass trajectory writes: a boolean mask
+#: (True: attend) for PyTorch's scaled_dot_product_attention, an additive one for eager attention.
+_MASK_FORMATS = ("sdpa", "eager")
+
+
+def _layer_windows(lm: _LanguageModel) -> dict[str, int | None]:
+    """The attention windows the model's layers use, by layer type: ``{type: window or None}``.
+
+    A config with ``layer_types`` (Gemma 2/3, Qwen2/3) mixes full and sliding layers; a config
+    with only ``sliding_window`` (Mistral, Mixtral, Phi-3) slides in every layer.
+    """
+    config = lm.model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None) or None
+    if getattr(config, "use_sliding_window", True) is False:
+        window = None
+    types = getattr(config, "layer_types", None)
+    if types:
+        return {kind: (window if kind == "sliding_attention" else None) for kind in set(types)}
+    return {"full_attention" if window is None else "sliding_attention": window}
+
+
+def _one_pass_trajectory(
+    lm: _LanguageModel, prompt: _Prompt, counts: Tensor, lengths: tuple[int, ...], kept: int
+) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor]:
+    """Every truncated prompt ``[c_1..c_i, x]`` in one pass of the model, and one reference pass.
+
+    In a causal model the keys and values of ``c_1..c_i`` in the truncated prompt equal those of
+    the full prompt: the context is computed once. The sequence run is the prompt's context
+    followed by one copy of the ``K`` kept tokens per step ``i``, at position ids ``i..i+K−1``,
+    with a mask that lets copy ``i`` see the first ``i`` context tokens and itself (causally,
+    and within the window of a sliding layer, counted in position ids). Each copy then computes
+    exactly what the truncated prompt computes at its last ``K`` tokens. The per-layer references
+    run all steps' kept tokens alone in one batch.
+    """
+    implementation = getattr(lm.model.config, "_attn_implementation", None)
+    if implementation not in _MASK_FORMATS:
+        raise ValueError(
+            f"implicit_trajectory writes its own attention masks for attn_implementation in {_MASK_FORMATS}; the "
+            f"{type(lm.model).__name__} uses {implementation!r}: load it with attn_implementation='sdpa'"
+        )
+    if getattr(lm.model.config, "alibi", False):
+        raise ValueError("implicit_trajectory does not support ALiBi position biases (they are computed from the "
+                         "attention mask, which the one-pass trajectory replaces)")
+    b, t = prompt.ids.shape
+    n_steps, device = len(lengths), prompt.ids.device
+    width = t - kept  # prompt columns before the kept tokens (left padding included)
+    first = (t - counts)[:, None]  # (B, 1): each row's first real column
+    steps_i = torch.tensor(lengths, device=device)  # (S,)
+    # the sequence: context columns, then S copies of the kept tokens
+    ids = torch.cat([prompt.ids[:, :width], prompt.ids[:, width:].repeat(1, n_steps)], dim=1)
+    columns = torch.arange(width, device=device)
+    context_pos = (columns[None] - first).clamp(min=0)  # (B, width), position ids of the context
+    k = torch.arange(kept, device=device)
+    copy_pos = (steps_i[:, None] + k[None]).reshape(-1).expand(b, -1)  # (B, S·K)
+    positions = torch.cat([context_pos, copy_pos], dim=1)
+    real = torch.cat([columns[None] >= first, torch.ones(b, n_steps * kept, dtype=torch.bool, device=device)], 1)
+    segment = torch.cat([torch.full((width,), -1, device=device),
+                         torch.arange(n_steps, device=device).repeat_interleave(kept)])  # -1: context; s: step s
+    seen = torch.cat([torch.zeros(width, dtype=torch.long, device=device),
+                      steps_i.repeat_interleave(kept)])  # how many context tokens a copy's column sees
+    q_seg, kv_seg = segment[:, None], segment[None, :]  # (Q, 1), (1, KV)
+    causal = positions[:, None, :] <= positions[:, :, None]  # (B, Q, KV): kv at or before q
+    within_context = (q_seg < 0) & (kv_seg < 0) & causal
+    within_copy = (q_seg >= 0) & (kv_seg == q_seg) & causal
+    prefix = (q_seg >= 0) & (kv_seg < 0) & (positions[:, None, :] < seen[None, :, None])
+    allowed = real[:, None, :] & (within_context | within_copy | prefix)
+    eye = torch.eye(ids.shape[1], dtype=torch.bool, device=device)
+    allowed = allowed | (eye[None] & ~real[:, :, None])  # a padding column attends to itself: no empty row
+    masks = {}
+    for kind, window in _layer_windows(lm).items():
+        mask = allowed if window is None else allowed & (positions[:, :, None] - positions[:, None, :] < window)
+        if implementation == "eager":
+            mask = torch.zeros(mask.shape, dtype=lm.dtype, device=device).masked_fill_(~mask, torch.finfo(lm.dtype).min)
+        masks[kind] = mask[:, None]  # (B, 1, Q, KV)
+    mask = masks if len(masks) > 1 else next(iter(masks.values()))
+    copies = width + torch.arange(n_steps * kept, device=device)  # the copies' columns
+    last = width + torch.arange(n_steps, device=device) * kept + kept - 1  # each copy's last column
+    at = copies if kept > 1 else last
+    record = {"inputs": copies, "pre": at, "residual": at}
+    if any(not first_.hookable for first_ in lm.firsts):
+        record["mlp_in"] = at
+    trace = _trace(lm, _Prompt(ids, mask, positions), record, logits=last)
+
+    def by_step(x: Tensor) -> Tensor:  # (B, S, ·) -> (B·S, ·), or (B, S·K, ·) -> (B·S, K, ·): row b·S + s
+        return x.reshape(b * n_steps, *x.shape[2:]) if kept == 1 else x.reshape(b * n_steps, kept, -1)
+
+    stepped = _Trace(
+        inputs=[z.reshape(b * n_steps, kept, -1) for z in trace.inputs],  # every copy's K tokens
+        pre=[by_step(x) for x in trace.pre],
+        mlp_in=[by_step(x) for x in trace.mlp_in],
+        residual=[by_step(x) for x in trace.residual],
+    )
+    alone_ids = prompt.ids[:, width:].repeat_interleave(n_steps, dim=0)  # (B·S, K), row b·S + s
+    alone_pos = copy_pos.reshape(b, n_steps, kept).reshape(b * n_steps, kept)
+    alone = _Prompt(alone_ids, None, alone_pos)
+    position_ids = alone_pos[:, -1] if kept == 1 else alone_pos
+    flat = _assemble(lm, stepped, alone, 0, kept, 0, position_ids)
+    steps = []
+    for s, i in enumerate(lengths):
+        rows = torch.arange(b, device=device) * n_steps + s
+        steps.append([replace(u.rows(rows), position=i + kept - 1 if kept == 1 else None, n_tokens=i + kept)
+                      for u in flat])
+    return steps, lengths, trace.logits
 
 
 class CausalLMNetwork:

@@ -1027,10 +1027,18 @@ def _language_model_section(args: argparse.Namespace, device: torch.device, dtyp
     return language_model_section(args, device, dtypes)
 
 
+def _trajectory_section(args: argparse.Namespace, device: torch.device, dtypes: Sequence[torch.dtype]) -> bool:
+    """(i) token-by-token dynamics of SmolLM2 (:mod:`icl_lib.benchmarks.bench_llm`)."""
+    from .bench_llm import trajectory_section
+
+    return trajectory_section(args, device, dtypes)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, torch.device, Sequence[torch.dtype]], bool]] = {
     "grid": _grid_section,
     "block": _block_section,
     "llm": _language_model_section,
+    "trajectory": _trajectory_section,
 }
 
 
@@ -1050,7 +1058,8 @@ def _parser() -> argparse.ArgumentParser:
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all): "
-        "grid = (a)-(e) on stacks, block = (f), (g) on one block, llm = (h) on the pretrained SmolLM2",
+        "grid = (a)-(e) on stacks, block = (f), (g) on one block, llm = (h) on the pretrained SmolLM2, "
+        "trajectory = (i) its token-by-token dynamics",
     )
     parser.add_argument(
         "--peer-repo",

@@ -28,7 +28,17 @@ from torch import nn
 from ..core.implicit import forward_with_updates, network_update
 from .measuring import MIB, interleaved_seconds, peak_bytes
 
-__all__ = ["LanguageMeasurement", "LLM_LENGTHS", "QUERY_TARGET_LLM", "ALL_TARGET_LLM", "measure_language_model"]
+__all__ = [
+    "LanguageMeasurement",
+    "LLM_LENGTHS",
+    "QUERY_TARGET_LLM",
+    "ALL_TARGET_LLM",
+    "measure_language_model",
+    "TRAJECTORY_LENGTHS",
+    "TRAJECTORY_TARGET",
+    "truncated_trajectory",
+    "trajectory_section",
+]
 
 LLM_LENGTHS = (128, 512)
 QUERY_TARGET_LLM = 1.15
@@ -108,6 +118,79 @@ def language_model_section(args: argparse.Namespace, device: torch.device, dtype
                 verdict = "PASS" if m.ratio(key) <= target else "MISS"
                 lines.append(f"{verdict} (h) {key} {name} T={t}: {m.ratio(key):.2f} x (wall; cpu "
                              f"{m.ratio(key, 'cpu'):.2f} x) ≤ {target} x")
+    print()
+    for line in lines:
+        print(line)
+    return passed
+
+
+#: Prompt lengths of the trajectory section; the truncated-prompt method runs at the first only.
+TRAJECTORY_LENGTHS = (128, 512, 2048)
+TRAJECTORY_TARGET = 4.0  # implicit_trajectory at every length / one forward pass, at T = 512
+
+
+def truncated_trajectory(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The token-by-token dynamics the way the library computed them before the one-pass method:
+    one truncated prompt ``[c_1..c_i, x]`` per length ``i``, its patches and its logits (a
+    baseline written with the public API only)."""
+    logits = []
+    for i in range(ids.shape[1]):
+        truncated = torch.cat([ids[:, :i], ids[:, -1:]], dim=1)
+        if i:
+            network_update(model, truncated)
+        logits.append(model(truncated, use_cache=False, logits_to_keep=1).logits[:, -1])
+    return logits
+
+
+def trajectory_section(args: argparse.Namespace, device: torch.device, dtypes: Sequence[torch.dtype]) -> bool:
+    """(i): ``implicit_trajectory`` at every context length of one prompt, against one forward pass."""
+    from ..architectures.pretrained import load_smollm2
+    from ..core.trajectory import implicit_trajectory
+
+    lengths = (16, 32) if args.quick else TRAJECTORY_LENGTHS
+    print("== (i): token-by-token dynamics of SmolLM2-135M-Instruct, every context length of one prompt, B = 1")
+    print("forward: model(ids, use_cache=False, logits_to_keep=1)   trajectory: implicit_trajectory(model, ids) "
+          "(one pass over the context and its copies, one reference pass)   truncated: one prompt per length")
+    print(f"target: trajectory ≤ {TRAJECTORY_TARGET} x forward at T = {TRAJECTORY_LENGTHS[1]}; err: largest "
+          "relative error of the trajectory's logits against the model's own on the truncated prompts")
+    try:
+        base, _ = load_smollm2(torch.float32)
+    except ModuleNotFoundError as error:
+        print(f"skipped: {error}")
+        return True
+    passed, lines = True, []
+    print(f"{'dtype':8} {'T':>5} {'forward ms':>11} {'traj ms':>9} {'traj/fw':>8} {'cpu t/fw':>9} {'trunc/fw':>9} "
+          f"{'peak fw MiB':>12} {'peak traj MiB':>14} {'err':>8}")
+    for dtype in dtypes:
+        model = base.to(dtype).to(device)
+        name = str(dtype).replace("torch.", "")
+        for t in lengths:
+            generator = torch.Generator().manual_seed(t)
+            ids = torch.randint(0, model.config.vocab_size, (1, t), generator=generator).to(device)
+            calls = {
+                "forward": lambda: model(ids, use_cache=False, logits_to_keep=1).logits,
+                "trajectory": lambda: implicit_trajectory(model, ids),
+            }
+            if t == lengths[0]:
+                calls["truncated"] = lambda: truncated_trajectory(model, ids)
+            with torch.no_grad():
+                trajectory = calls["trajectory"]()
+                checked = sorted({0, t // 3, t - 1})
+                want = torch.stack([model(torch.cat([ids[:, :i], ids[:, -1:]], 1)).logits[:, -1] for i in checked], 1)
+                got = trajectory.logits[:, checked]
+                error = ((got - want).norm(dim=-1) / want.norm(dim=-1)).max().item()
+                del trajectory
+                repeats = args.repeats if t <= 512 else 1
+                wall, cpu = interleaved_seconds(calls, device, repeats=repeats)
+                peaks = {key: peak_bytes(fn, device) / MIB for key, fn in calls.items() if key != "truncated"}
+            ratio, cpu_ratio = wall["trajectory"] / wall["forward"], cpu.get("trajectory", 0) / cpu.get("forward", 1)
+            truncated = f"{wall['truncated'] / wall['forward']:9.1f}" if "truncated" in wall else f"{'':9}"
+            print(f"{name:8} {t:5d} {1e3 * wall['forward']:11.1f} {1e3 * wall['trajectory']:9.1f} {ratio:8.2f} "
+                  f"{cpu_ratio:9.2f} {truncated} {peaks['forward']:12.1f} {peaks['trajectory']:14.1f} {error:8.1e}")
+            passed = passed and error <= (1e-4 if dtype == torch.float32 else 1e-12)
+            if t == TRAJECTORY_LENGTHS[1]:
+                verdict = "PASS" if ratio <= TRAJECTORY_TARGET else "MISS"
+                lines.append(f"{verdict} (i) trajectory {name} T={t}: {ratio:.2f} x forward (wall) ≤ {TRAJECTORY_TARGET} x")
     print()
     for line in lines:
         print(line)
