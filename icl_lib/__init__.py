@@ -22,7 +22,7 @@ Subpackages, one layer each:
 from . import architectures  # registers the architectures with the core
 from .architectures import families
 from .architectures.blocks import MLP, Block, Transformer
-from .architectures.causal_lm import greedy_continuation, patch_contributions
+from .architectures.causal_lm import Continuation, greedy_continuation, patch_contributions
 from .architectures.contextual import LinearAttention, RecurrentLayer, SelfAttention
 from .architectures.families import DecoderFamily, norms_in_model_dtype, register_family, supported_families
 from .architectures.pretrained import load_smollm2
@@ -102,6 +102,7 @@ __all__ = [
     "norms_in_model_dtype",
     "load_smollm2",
     "patch_contributions",
+    "Continuation",
     "greedy_continuation",
     "fewshot",
     "TASKS",

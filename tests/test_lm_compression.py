@@ -88,8 +88,16 @@ def test_greedy_continuation_through_patches_matches_the_model(family):
     plain = icl.greedy_continuation(model, ids, 4, through_patches=False)
     with torch.no_grad():
         reference = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)[:, 7:]
-    assert torch.equal(plain, reference)
-    assert torch.equal(icl.greedy_continuation(model, ids, 4, through_patches=True), plain)
+    assert torch.equal(plain.tokens, reference)
+    assert torch.equal(plain.logits, plain.model_logits)
+    via = icl.greedy_continuation(model, ids, 4, through_patches=True)
+    assert torch.equal(via.tokens, plain.tokens)
+    # the cached steps against the whole grown prompt run again, and the patched logits against them
+    grown = torch.cat([ids, plain.tokens], dim=1)
+    with torch.no_grad():
+        full = torch.stack([model(grown[:, : 7 + n]).logits[:, -1] for n in range(4)], dim=1)
+    assert relative_error(via.model_logits, full) <= TOLERANCE[torch.float64]
+    assert relative_error(via.logits, full) <= TOLERANCE[torch.float64]
 
 
 def test_patch_cosines_are_the_frobenius_cosines_of_the_dense_patches():

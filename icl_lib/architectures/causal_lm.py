@@ -58,6 +58,7 @@ from .families import (
 
 __all__ = [
     "patch_contributions",
+    "Continuation",
     "greedy_continuation",
     "lm_network_update",
     "lm_forward_with_updates",
@@ -276,6 +277,7 @@ class _Trace:
     down_in: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     logits: Tensor | None = None
+    cache: object | None = None
 
 
 def _select(x: Tensor, at: int | slice | None) -> Tensor:
@@ -375,6 +377,7 @@ def _trace(
     inputs: Sequence[Tensor] | None = None,
     patches: Sequence[Patch] | None = None,
     logits: bool | Tensor = True,
+    cache: object | None = None,
 ) -> _Trace:
     """Run the model once with hooks.
 
@@ -390,13 +393,18 @@ def _trace(
         logits: also compute the logits at the last position, or at the columns a 1-d index
             tensor names (``logits (B, P, V)`` then); without them the model's base (the decoder
             without its language-model head) runs, and ``logits`` stays ``None``.
+        cache: run incrementally: the prompt's tokens follow those whose keys and values the
+            cache holds (``True`` starts one), and ``trace.cache`` is the grown cache.
     """
     trace = _Trace()
     registrations: list[tuple[nn.Module, str, Callable]] = []
     for index, sites in enumerate(lm.sites):
         registrations += _layer_hooks(index, sites, trace, record, inputs, patches)
     calls = [0] * len(registrations)
-    arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions, use_cache=False)
+    arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions,
+                     use_cache=cache is not None)
+    if cache is not None and cache is not True:
+        arguments["cache"] = cache
     with torch.no_grad(), _hooks(registrations, calls):
         if isinstance(logits, Tensor):
             out = lm.model(**arguments, logits_to_keep=logits)
@@ -407,6 +415,7 @@ def _trace(
             f"the {type(lm.model).__name__} did not call every module the {lm.family.name} adapter hooks exactly once "
             f"(calls: {calls}); the patches would not be applied where the theorem puts them"
         )
+    trace.cache = out.cache if cache is not None else None
     if isinstance(logits, Tensor):
         trace.logits = out.logits.to(lm.device)
     else:
@@ -553,21 +562,28 @@ def _updates(
     """
     tail = slice(-kept, None)
     at = tail if kept > 1 else position
-    record = {"inputs": tail, "pre": at, "residual": at}
+    record = _prompted_record(lm, tail, at, steering)
     if outputs:
         record["outputs"] = at
-    input_patched = [not first.hookable for first in lm.firsts]
-    if any(input_patched):  # those layers keep δ = m_p − a (see ImplicitUpdate.delta)
-        record["mlp_in"] = at
-    if steering == "down":
-        record["down_in"] = at
-    if steering == "norm":
-        record["mlp_out"] = at
     trace = _trace(lm, prompt, record, logits=logits)
     alone = _Prompt(prompt.ids[:, tail], None, prompt.positions[:, tail])
     position_ids = prompt.positions[:, -1] if kept == 1 else prompt.positions[:, tail]
     updates = _assemble(lm, trace, alone, position, kept, prompt.ids.shape[1], position_ids, steering, factor_dtype)
     return updates, trace
+
+
+def _prompted_record(lm: _LanguageModel, inputs: object, at: object, steering: str) -> dict[str, object]:
+    """What a prompted pass records for the updates: the layer inputs at the kept tokens, and at
+    the reproduced positions ``W_s m + b_s``, ``h``, ``m`` where a layer is patched at its input
+    (δ), and the carrier of a bias-free steering."""
+    record = {"inputs": inputs, "pre": at, "residual": at}
+    if any(not first.hookable for first in lm.firsts):  # those layers keep δ = m_p − a (ImplicitUpdate.delta)
+        record["mlp_in"] = at
+    if steering == "down":
+        record["down_in"] = at
+    if steering == "norm":
+        record["mlp_out"] = at
+    return record
 
 
 def _assemble(
@@ -831,28 +847,69 @@ def patch_contributions(
     return weight, steering
 
 
-def greedy_continuation(model: nn.Module, input_ids: Tensor, n_tokens: int, through_patches: bool) -> Tensor:
-    """Greedy decoding of ``n_tokens`` tokens, ``(B, n_tokens)``.
+@dataclass(frozen=True)
+class Continuation:
+    """Greedy decoding of ``n`` tokens (see :func:`greedy_continuation`).
+
+    Attributes:
+        tokens: the chosen tokens, ``(B, n)``.
+        logits: the logits each token was chosen from, ``(B, n, V)``: the patched model's on the
+            last token alone, or the model's own.
+        model_logits: the model's own logits on the same prompts (the original one, then grown
+            by the chosen tokens), ``(B, n, V)``; equal to ``logits`` without patches.
+    """
+
+    tokens: Tensor
+    logits: Tensor
+    model_logits: Tensor
+
+
+def greedy_continuation(
+    model: nn.Module,
+    input_ids: Tensor,
+    n_tokens: int,
+    through_patches: bool,
+    *,
+    steering: str = "bias",
+    factor_dtype: torch.dtype | None = None,
+) -> Continuation:
+    """Greedy decoding of ``n_tokens`` tokens, with or without the patches.
 
     With ``through_patches`` every new token comes from the patched model on the last token alone,
-    the patches recomputed from the grown prompt at each step (the context grew by one token);
-    otherwise from the model's own forward pass on the whole prompt.
+    the patches recomputed from the grown prompt at each step (the context grew by one token), as
+    Goldwaser et al.'s (2025) algorithm does; otherwise from the model's own forward pass. Either
+    way the prompt's keys and values are cached: a step runs the new token once with the cache
+    (which also gives the model's own logits), and, through the patches, once alone for the
+    references and once alone patched. ``steering`` and ``factor_dtype`` are those of
+    :func:`icl_lib.network_update`.
     """
     lm = _language_model(model)
     ids = check_ids(input_ids, "input_ids", lm)
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
         raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
-    new = []
-    for _ in range(n_tokens):
-        prompt = _prompt(lm, ids, None, min_tokens=2)
+    if not isinstance(through_patches, bool):
+        raise TypeError(f"through_patches must be a bool, got {through_patches!r}")
+    steering = _check_steering(lm, steering)
+    lm.factor_dtype(factor_dtype)
+    prompt = _prompt(lm, ids, None, min_tokens=2)
+    b, t = prompt.ids.shape
+    step, cache = prompt, True
+    tokens, chosen_logits, own_logits = [], [], []
+    for n in range(n_tokens):
+        record = _prompted_record(lm, slice(-1, None), -1, steering) if through_patches else {}
+        trace = _trace(lm, step, record, logits=True, cache=cache)
+        cache = trace.cache
+        logits = trace.logits
         if through_patches:
-            updates, _ = _updates(lm, prompt, ids.shape[1] - 1)
-            logits = _trace(lm, prompt.query(), {}, patches=updates).logits
-        else:
-            logits = _trace(lm, prompt, {}).logits
-        new.append(logits.argmax(-1, keepdim=True))
-        ids = torch.cat([ids, new[-1]], dim=1)
-    return torch.cat(new, dim=1)
+            query = step.query()
+            updates = _assemble(lm, trace, query, t + n - 1, 1, t + n, query.positions[:, -1], steering, factor_dtype)
+            logits = _trace(lm, query, {}, patches=updates).logits
+        own_logits.append(trace.logits)
+        chosen_logits.append(logits)
+        tokens.append(logits.argmax(-1, keepdim=True))
+        position = torch.full((b, 1), t + n, device=ids.device)
+        step = _Prompt(tokens[-1], None, position)
+    return Continuation(torch.cat(tokens, dim=1), torch.stack(chosen_logits, 1), torch.stack(own_logits, 1))
 
 
 def lm_trajectory(
@@ -967,10 +1024,7 @@ def _one_pass_trajectory(
     copies = width + torch.arange(n_steps * kept, device=device)  # the copies' columns
     last = width + torch.arange(n_steps, device=device) * kept + kept - 1  # each copy's last column
     at = copies if kept > 1 else last
-    record = {"inputs": copies, "pre": at, "residual": at}
-    if any(not first_.hookable for first_ in lm.firsts):
-        record["mlp_in"] = at
-    trace = _trace(lm, _Prompt(ids, mask, positions), record, logits=last)
+    trace = _trace(lm, _Prompt(ids, mask, positions), _prompted_record(lm, copies, at, "bias"), logits=last)
 
     def by_step(x: Tensor) -> Tensor:  # (B, S, ·) -> (B·S, ·), or (B, S·K, ·) -> (B·S, K, ·): row b·S + s
         return x.reshape(b * n_steps, *x.shape[2:]) if kept == 1 else x.reshape(b * n_steps, kept, -1)
