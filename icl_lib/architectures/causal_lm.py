@@ -74,7 +74,10 @@ class _Sites:
 
     ``scale`` multiplies the ``shift`` output before the residual addition (or is ``None``);
     ``down`` is the MLP's last linear map, or ``None``; ``norm_scale`` is the effective scale
-    ``s (D,)`` of a ``shift`` norm that scales the MLP output, or ``None``.
+    ``s (D,)`` of a ``shift`` norm that scales the MLP output, or ``None``, and ``norm_unit`` the
+    weight that gives that norm the scale one (``1 − norm_offset`` in every entry), with which
+    :func:`_unit_norm` computes the normalised MLP output ``n`` itself (not ``out ⊘ s``, which a
+    zero entry of ``s`` leaves undefined: Gemma 3 270M has such entries).
     """
 
     layer: nn.Module
@@ -85,6 +88,7 @@ class _Sites:
     scale: float | None
     down: nn.Module | None
     norm_scale: Tensor | None
+    norm_unit: Tensor | None = None
 
 
 def _sites(layer: nn.Module, family: DecoderFamily) -> _Sites:
@@ -97,7 +101,27 @@ def _sites(layer: nn.Module, family: DecoderFamily) -> _Sites:
             raise TypeError(f"the {family.name} family's {family.shift} is a {type(shift).__name__} with no scale to "
                             "patch (a norm with a weight and no bias is needed for norm_offset)")
         norm_scale = weight.detach() + family.norm_offset
-    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down, norm_scale)
+        norm_unit = torch.full_like(weight.detach(), 1.0 - family.norm_offset)
+    else:
+        norm_unit = None
+    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down, norm_scale,
+                  norm_unit)
+
+
+def _unit_norm(sites: _Sites, x: Tensor) -> Tensor:
+    """The ``shift`` norm of ``x`` with the scale one: the normalised MLP output ``n``, by the norm's
+    own code (``forward``, so no hook runs), with its weight set to ``norm_unit`` for the call.
+
+    The scale one multiplies exactly, so ``n`` is what the norm computes before its scale, and
+    the norm's output is ``s ⊙ n`` with one rounding. Call it without autograd (the traces do).
+    """
+    weight = sites.shift.weight
+    saved = weight.data
+    try:
+        weight.data = sites.norm_unit.to(saved.dtype)
+        return sites.shift.forward(x)
+    finally:
+        weight.data = saved
 
 
 @dataclass(frozen=True)
@@ -244,6 +268,7 @@ class _Trace:
     mlp_in: list[Tensor] = field(default_factory=list)
     residual: list[Tensor] = field(default_factory=list)
     mlp_out: list[Tensor] = field(default_factory=list)
+    mlp_n: list[Tensor] = field(default_factory=list)
     down_in: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     logits: Tensor | None = None
@@ -341,7 +366,8 @@ def _trace(
         record: which quantities to keep, each at one position, a slice, or every position
             (``None``): keys among ``inputs`` (layer inputs ``z``), ``pre`` (``W_s m + b_s``),
             ``mlp_in`` (``m``), ``residual`` (``h``), ``mlp_out`` (the output of the module
-            ``Δb′`` is added after, before it is), ``outputs`` (layer outputs).
+            ``Δb′`` is added after, before it is), ``mlp_n`` (the normalised MLP output ``n`` of a
+            norm after the MLP, :func:`_unit_norm`), ``outputs`` (layer outputs).
         inputs: optional replacement input ``(R, T, D)`` for every layer: each layer then runs
             on the given tokens instead of its predecessor's output.
         patches: optional patch per layer: adds ``ΔW_s m`` to the first-layer outputs and
@@ -434,6 +460,9 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
         hooks.append((sites.down, "pre", lambda m, a, k: trace.down_in.append(_select(_first_input(a, k), record["down_in"]))))
     if "mlp_out" in record:
         hooks.append((shift, "post", lambda m, a, out: trace.mlp_out.append(_select(out, record["mlp_out"]))))
+    if "mlp_n" in record:
+        hooks.append((shift, "pre", lambda m, a, k: trace.mlp_n.append(
+            _unit_norm(sites, _select(_first_input(a, k), record["mlp_n"])))))
     steering = "bias" if patch is None or isinstance(patch, LowRankPatch) else patch.steering
     shift_b = None if patch is None else _out_shift(patch)
     if shift_b is not None and steering == "bias":
@@ -448,9 +477,14 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
         hooks.append((sites.down, "pre", read_hidden))
         hooks.append((sites.down, "post", lambda m, a, out: out + shift_b * ((state.pop("hidden") * carrier).sum(
             -1, keepdim=True) / norm2)))
-    if shift_b is not None and steering == "norm":  # s + Δb′ ⊘ c: adds (Δb′ ⊘ c) ⊙ n, n = out ⊘ s
+    if shift_b is not None and steering == "norm":  # s + Δb′ ⊘ c: adds (Δb′ ⊘ c) ⊙ n, n the unit-scale norm
+
+        def read_norm_input(module, args, kwargs):
+            state["norm_in"] = _first_input(args, kwargs)
+
         ratio = shift_b / _broadcast_like_shift(patch, patch.carrier)
-        hooks.append((shift, "post", lambda m, a, out: out + ratio * (out / sites.norm_scale)))
+        hooks.append((shift, "pre", read_norm_input))
+        hooks.append((shift, "post", lambda m, a, out: out + ratio * _unit_norm(sites, state.pop("norm_in"))))
     if "residual" in record and residual is None:
 
         def keep_added(module, args, out):  # a copy: the layer may add to this tensor in place (Falcon)
@@ -506,7 +540,7 @@ def _updates(
     if steering == "down":
         record["down_in"] = at
     if steering == "norm":
-        record["mlp_out"] = at
+        record["mlp_n"] = at
     trace = _trace(lm, prompt, record, logits=logits)
     carriers = _carriers(lm, trace, steering)
     prompted_m = trace.mlp_in if any(input_patched) else [None] * len(lm.layers)
@@ -577,10 +611,10 @@ def _carriers(lm: _LanguageModel, trace: _Trace, steering: str) -> list[Tensor |
                 raise ValueError(f"layer {i}'s MLP hidden activation is zero at a reproduced position: "
                                  "ΔW_down = Δb′ cᵀ/‖c‖² is undefined there")
         return trace.down_in
-    carriers = [out / site.norm_scale for out, site in zip(trace.mlp_out, lm.sites)]
+    carriers = trace.mlp_n
     for i, c in enumerate(carriers):
         if not bool((c != 0).all()) or not all_finite(c):
-            raise ValueError(f"layer {i}'s normalised MLP output has a zero entry (or its norm's scale does) at a "
+            raise ValueError(f"layer {i}'s normalised MLP output has a zero entry at a "
                              "reproduced position: Δs = Δb′ ⊘ n is undefined there")
     return carriers
 
