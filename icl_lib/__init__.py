@@ -62,6 +62,7 @@ from .experiments.compression import (
 from .experiments.deep import deep_regression_config, encoder_stack
 from .experiments.evaluation import ContextCurve, context_length_curve, predictions_over_queries
 from .experiments.fewshot import TASKS, answer_accuracy, task_prompts
+from .experiments.generation import GENERATION_PROMPTS, GenerationComparison, compare_generation
 from .experiments.finetune import (
     DistillationResult,
     FineTuneResult,
@@ -107,6 +108,9 @@ __all__ = [
     "load_gemma3_270m",
     "patch_contributions",
     "greedy_continuation",
+    "GENERATION_PROMPTS",
+    "GenerationComparison",
+    "compare_generation",
     "fewshot",
     "TASKS",
     "task_prompts",
