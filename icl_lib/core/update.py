@@ -56,7 +56,7 @@ class ImplicitUpdate:
             models only (``network_update(..., steering=...)``).
         carrier: ``c``, shaped like ``delta_b`` with the carrier's width: for ``"down"`` the
             MLP's hidden activation (the input of ``W_down``) at the reproduced position(s), for
-            ``"norm"`` the norm's output ``s ⊙ n`` there (so ``Δs = s ⊙ Δb′ ⊘ c``); ``None`` for
+            ``"norm"`` the normalised MLP output ``n`` there (so ``Δs = Δb′ ⊘ c``); ``None`` for
             ``"bias"``.
     """
 
