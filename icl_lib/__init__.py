@@ -48,6 +48,7 @@ from .core.seeding import seed_everything
 from .core.trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
 from .core.update import ImplicitUpdate
 from .experiments import fewshot, lm_compression, plotting, proofs
+from .experiments.glue import glue
 from .experiments.baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .experiments.compression import (
     BinnedMean,
@@ -123,8 +124,9 @@ __all__ = [
     "next_token_kl",
     # symbolic proofs
     "proofs",
-    # the book's plotting helpers
+    # the book's plotting helpers, and numbers glued into the prose
     "plotting",
+    "glue",
     # reproducibility
     "seed_everything",
     # the regression task, training, baselines, fine-tuning

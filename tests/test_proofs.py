@@ -197,3 +197,29 @@ def test_markdown_says_when_a_step_is_not_verified_and_rejects_bad_options(steps
         wrong.markdown(split=True, identity=False)
     with pytest.raises(TypeError, match="bools"):
         wrong.markdown(split="yes")
+
+
+@pytest.mark.parametrize(("H", "D"), [(1, 1), (2, 2), (3, 2), (2, 3)])
+def test_the_converses_of_the_null_direction_are_verified(H, D):
+    """Every E with E a = 0 is G (I − a aᵀ/‖a‖²), and every solution of Γ a = W δ is ΔW + E."""
+    steps = proofs.converse_steps(H=H, D=D)
+    assert [s.name for s in steps] == [
+        "null-converse.entries", "solutions-converse.entries", "solutions-converse-form.entries"]
+    assert all(s.verified for s in steps), proofs.report(steps)
+
+
+def test_the_converse_needs_the_constraint():
+    """Without E a = 0 the converse identity is false, and the checker says so."""
+    E, a = proofs._matrix("e", 2, 2), proofs._vector("a", 2)
+    projector = sympy.eye(2) - a * a.T / proofs._squared_norm(a)
+    assert not proofs._step("free E", "", E * projector, E, "explicit entries, H=2, D=2").verified
+    assert proofs._step("free E projected", "", E * projector * projector, E * projector,
+                        "explicit entries, H=2, D=2").verified
+
+
+def test_rearrangements_are_told_apart_from_steps_that_need_the_norm_rule():
+    general = {s.name: s for s in proofs.theorem_general()}
+    rearranged = sorted(name for name, s in general.items() if proofs.is_rearrangement(s))
+    assert rearranged == ["bias-alternative", "compose-sum"]
+    with pytest.raises(ValueError, match="general dimension"):
+        proofs.is_rearrangement(proofs.theorem_entries(H=1, D=1)[0])

@@ -15,7 +15,8 @@ import pytest
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 CHAPTERS = sorted(BOOK.glob("*.ipynb"))
-ONE_DECIMAL_FORMAT = re.compile(r":[<>^+\- ]?\d*\.1e\}")
+# f"{x:.1e}" in a print, or ".1e" as the format of icl_lib.glue (a value glued into the prose)
+ONE_DECIMAL_FORMAT = re.compile(r":[<>^+\- ]?\d*\.1e\}|[\"']\.1e[\"']")
 
 
 def sanitize_rules() -> dict[str, tuple[re.Pattern[str], str]]:
@@ -68,7 +69,10 @@ def code_cells(path: Path) -> list[tuple[int, str, str]]:
         texts = []
         for output in cell.get("outputs", []):
             texts.append("".join(output.get("text", "")))
-            texts.append("".join(output.get("data", {}).get("text/plain", "")))
+            for mime, value in output.get("data", {}).items():
+                # text/plain, and the hidden text/plain of a value glued with myst-nb
+                if mime.endswith("text/plain"):
+                    texts.append("".join(value))
         found.append((index, "".join(cell["source"]), "".join(texts)))
     return found
 

@@ -224,7 +224,7 @@ def contextual_block_schematic(ax: Axes | None = None) -> Figure:
     d.text((x_layer + x_first) / 2 + 0.35, (top + bottom) / 2 + 0.05,
            r"$\Delta W = \dfrac{W\,(A(C, x) - A(x))\,A(x)^\top}{\Vert A(x)\Vert^2}$",
            size=_FONT, color=_PATCH_EDGE)
-    d.text(x_first + 0.05, bottom - 0.7, "rank one, computed from one forward pass",
+    d.text(x_first + 0.05, bottom - 0.7, "rank one, from two passes of $A$: with $C$ and without",
            size=_FONT - 1.5, color=_PATCH_EDGE)
     d.text((x_first + x_rest) / 2 + 0.1, top - 0.72, r"$M_W(z) = f_\theta(W z + b)$, the MLP",
            size=_FONT - 1.5)

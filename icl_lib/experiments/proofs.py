@@ -59,6 +59,7 @@ __all__ = [
     "ProofStep",
     "theorem_general",
     "theorem_entries",
+    "converse_steps",
     "dynamics_steps",
     "gated_steps",
     "parallel_steps",
@@ -66,6 +67,7 @@ __all__ = [
     "alignment_steps",
     "all_steps",
     "report",
+    "is_rearrangement",
     "GENERAL",
     "SCALARS",
     "ExactPatch",
@@ -355,8 +357,8 @@ def theorem_general() -> list[ProofStep]:
     steps.append(
         _step(
             "null-direction",
-            "E = G (I − a aᵀ/‖a‖²) annihilates a for every H x D matrix G (and every E with "
-            "E a = 0 has this form, with G = E).",
+            "E = G (I − a aᵀ/‖a‖²) annihilates a for every H x D matrix G (the converse, that "
+            "every E with E a = 0 has this form, is checked by converse_steps).",
             null * a,
             sympy.ZeroMatrix(W.shape[0], 1),
             GENERAL,
@@ -598,6 +600,73 @@ def theorem_entries(H: int = 2, D: int = 2) -> list[ProofStep]:
         )
     )
     return steps
+
+
+def converse_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
+    """The converses of ``null-direction`` and ``non-uniqueness`` (chapter 2), with explicit entries.
+
+    A matrix symbol cannot carry the constraint ``E a = 0``, so these steps solve it: with
+    ``a_D ≠ 0`` (true of some coordinate of any ``a ≠ 0``, after relabelling the coordinates),
+    ``E a = 0`` holds exactly when the last column of ``E`` is
+    ``e_{r,D} = −Σ_{k<D} e_{r,k} a_k / a_D``, its other entries free; likewise ``Γ a = W δ``
+    exactly when ``γ_{r,D} = ((W δ)_r − Σ_{k<D} γ_{r,k} a_k) / a_D``. Substituting these
+    general solutions, sympy checks:
+
+    * ``null-converse.entries``: every ``E`` with ``E a = 0`` equals ``G (I − a aᵀ/‖a‖²)`` with
+      ``G = E``;
+    * ``solutions-converse.entries``: every ``Γ`` with ``Γ a = W δ`` is ``ΔW + E`` with
+      ``E = Γ − ΔW``, ``E a = 0``;
+    * ``solutions-converse-form.entries``: and that ``E`` has the form of ``null-direction``.
+
+    Together with ``null-direction`` and ``non-uniqueness``: the patches are exactly
+    ``ΔW + G (I − a aᵀ/‖a‖²)``, ``G`` any ``H x D`` matrix, at the sizes checked.
+
+    Raises:
+        ValueError: if ``H`` or ``D`` is not an integer >= 1.
+    """
+    _check_size(H=H, D=D)
+    method = _entries_method(H, D)
+    W, a, delta = _matrix("w", H, D), _vector("a", D), _vector(r"\delta", D)
+    s = _squared_norm(a)
+    projector = sympy.eye(D) - a * a.T / s
+    dW = W * delta * a.T / s
+
+    def solved(name: str, target: sympy.Matrix) -> sympy.Matrix:
+        """The general (H x D) solution X of X a = target: last column solved for."""
+        X = _matrix(name, H, D)
+        for r in range(H):
+            rest = sum((X[r, k] * a[k] for k in range(D - 1)), sympy.Integer(0))
+            X[r, D - 1] = (target[r] - rest) / a[D - 1]
+        return X
+
+    E = solved("e", sympy.zeros(H, 1))
+    Gamma = solved(r"\gamma", W * delta)
+    return [
+        _step(
+            "null-converse.entries",
+            "Every E with E a = 0 (solved for its last column, a_D ≠ 0) satisfies "
+            "E (I − a aᵀ/‖a‖²) = E: it has the form G (I − a aᵀ/‖a‖²), with G = E.",
+            E * projector,
+            E,
+            method,
+        ),
+        _step(
+            "solutions-converse.entries",
+            "Every Γ with Γ a = W δ (solved for its last column, a_D ≠ 0) differs from ΔW "
+            "by a matrix that annihilates a: (Γ − ΔW) a = 0.",
+            (Gamma - dW) * a,
+            sympy.zeros(H, 1),
+            method,
+        ),
+        _step(
+            "solutions-converse-form.entries",
+            "... and Γ − ΔW = (Γ − ΔW)(I − a aᵀ/‖a‖²): every patch is ΔW + G (I − a aᵀ/‖a‖²) "
+            "for some G.",
+            (Gamma - dW) * projector,
+            Gamma - dW,
+            method,
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -1275,18 +1344,32 @@ def output_side_steps(H: int = 2, D: int = 2) -> list[ProofStep]:
 
 
 def all_steps() -> list[ProofStep]:
-    """Every step: :func:`theorem_general`, :func:`theorem_entries`, :func:`dynamics_steps`,
-    :func:`alignment_steps`, :func:`gated_steps`, :func:`parallel_steps` and
-    :func:`output_side_steps` at their default sizes. Step names are unique."""
+    """Every step: :func:`theorem_general`, :func:`theorem_entries`, :func:`converse_steps`,
+    :func:`dynamics_steps`, :func:`alignment_steps`, :func:`gated_steps`, :func:`parallel_steps`
+    and :func:`output_side_steps` at their default sizes. Step names are unique."""
     return (
         theorem_general()
         + theorem_entries()
+        + converse_steps()
         + dynamics_steps()
         + alignment_steps()
         + gated_steps()
         + parallel_steps()
         + output_side_steps()
     )
+
+
+def is_rearrangement(step: ProofStep) -> bool:
+    """True for a general-dimension step that sympy verifies without the rule ``vᵀv = ‖v‖²``.
+
+    Such a step is a rearrangement: expanding and regrouping sums and products of matrices of
+    any size turns one side into the other (an unevaluated derivative is carried out first, as
+    in every check). A step that needs the rule (``False``) uses the cancellation
+    ``aᵀa / ‖a‖² = 1``. Steps of other methods raise ``ValueError``.
+    """
+    if step.method != GENERAL:
+        raise ValueError(f"{step.name} is checked with {step.method}, not in general dimension")
+    return _verify(step.lhs, step.rhs, {})
 
 
 def report(steps: Iterable[ProofStep]) -> str:
