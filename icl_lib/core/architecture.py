@@ -5,7 +5,7 @@ The theorem needs four *sites* in every block of a model: the MLP's first linear
 ``a``), the residual stream ``h`` the MLP output is added to (read for ``Δb′``), and the point
 where the MLP output is added to it (where ``Δb′`` goes). An *architecture* locates these sites
 for the models it knows and runs the model's own computation with reads and patches there. The
-core (:mod:`icl_lib.core.implicit`, :mod:`icl_lib.core.trajectory`, :mod:`icl_lib.core.analysis`)
+core (``icl_lib.core.implicit``, ``icl_lib.core.trajectory``, ``icl_lib.core.analysis``)
 only talks to these two interfaces:
 
 * :class:`BlockView`: one block that runs alone on tokens ``(B, T, D)``, split at ``W``:
@@ -15,9 +15,9 @@ only talks to these two interfaces:
 * :class:`Network`: a whole model, its blocks fed by one another. It computes the updates of
   every block, runs the patched model and measures the gaps.
 
-Two architectures are registered by :mod:`icl_lib.architectures`: the library's own blocks and
-PyTorch's encoder layers (:mod:`icl_lib.architectures.stacks`, functional views), and the
-``transformers`` causal LMs (:mod:`icl_lib.architectures.causal_lm`, hooks at the named sites on
+Two architectures are registered by ``icl_lib.architectures``: the library's own blocks and
+PyTorch's encoder layers (``icl_lib.architectures.stacks``, functional views), and the
+``transformers`` causal LMs (``icl_lib.architectures.causal_lm``, hooks at the named sites on
 the model's own forward, one :class:`~icl_lib.architectures.families.DecoderFamily` per family).
 The core imports neither; a model is matched by asking each registered architecture in turn.
 """
@@ -60,8 +60,8 @@ class BlockView(Protocol):
 
 class Network(Protocol):
     """A whole model seen through the theorem, block by block (see the public functions of the
-    same names in :mod:`icl_lib.core.implicit`, :mod:`icl_lib.core.analysis` and
-    :mod:`icl_lib.core.trajectory` for the arguments)."""
+    same names in ``icl_lib.core.implicit``, ``icl_lib.core.analysis`` and
+    ``icl_lib.core.trajectory`` for the arguments)."""
 
     def network_update(
         self,

@@ -224,7 +224,7 @@ def network_update(
     For a language model, each decoder layer's first MLP layer ``W_s`` stacks the linear maps
     that read the MLP input (``[W_gate; W_up]`` for a gated MLP), so ``u`` is ``(B, H_s)``;
     ``Δb′`` is added where the family adds the MLP's output (after Gemma's post-feed-forward
-    norm). The computation is the model's own forward (:mod:`icl_lib.architectures.causal_lm`).
+    norm). The computation is the model's own forward (``icl_lib.architectures.causal_lm``).
     """
     return network_of(model).network_update(tokens, position, attention_mask, kept_tokens, steering, factor_dtype)
 
