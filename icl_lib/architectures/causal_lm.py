@@ -1075,11 +1075,20 @@ def _one_pass_trajectory(
     alone = _Prompt(alone_ids, None, alone_pos)
     position_ids = alone_pos[:, -1] if kept == 1 else alone_pos
     flat = _assemble(lm, stepped, alone, 0, kept, 0, position_ids)
+
+    def per_step(x: Tensor | None) -> Tensor | None:  # rows b·S + s -> (B, S, ...): step s is a view [:, s]
+        return None if x is None else x.view(b, n_steps, *x.shape[1:])
+
+    fields = ("u", "v", "delta_b", "position_ids", "delta", "carrier")
+    layers = [{name: per_step(getattr(u, name)) for name in fields} for u in flat]
     steps = []
     for s, i in enumerate(lengths):
-        rows = torch.arange(b, device=device) * n_steps + s
-        steps.append([replace(u.rows(rows), position=i + kept - 1 if kept == 1 else None, n_tokens=i + kept)
-                      for u in flat])
+        position = i + kept - 1 if kept == 1 else None
+        steps.append([
+            replace(u, position=position, n_tokens=i + kept,
+                    **{name: None if x is None else x[:, s] for name, x in views.items()})
+            for u, views in zip(flat, layers)
+        ])
     return steps, lengths, trace.logits
 
 
