@@ -1,7 +1,7 @@
 """Numbers for the prose: a chapter glues each number its text quotes from the cell that computes it.
 
 A chapter calls ``glue("name", value, ".3f")`` in the cell that computes ``value`` and writes
-``{glue:text}`name``` in its markdown. In the book (myst-nb installed) the formatted text is
+the ``glue:text`` role (with the name) in its markdown. In the book (myst-nb installed) the formatted text is
 stored in the cell's output with myst-nb's ``glue``, hidden, and pasted into the prose when the
 book is built, so the text cannot contradict the computation; nbval compares the stored text
 like any other output. Where myst-nb is absent (Colab), the value is printed instead,
@@ -22,7 +22,7 @@ _NAME = re.compile(r"[A-Za-z][\w-]*")
 
 
 def glue(name: str, value: Any, fmt: str = "") -> None:
-    """Glue ``format(value, fmt)`` under ``name`` for ``{glue:text}`name``` in the prose.
+    """Glue ``format(value, fmt)`` under ``name``, for the ``glue:text`` role in the prose.
 
     Args:
         name: the key, letters, digits, ``_`` and ``-``, starting with a letter; unique within
