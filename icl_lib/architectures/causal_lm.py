@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.architecture import Architecture, register_architecture
-from ..core.checks import all_finite, check_position, module_dtype_device
+from ..core.checks import all_finite, check_position
 from ..core.update import ImplicitUpdate, LowRankPatch, Patch, check_reference
 from ..core.trajectory import NetworkTrajectory
 from .families import (

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import platform
 import statistics
@@ -65,9 +64,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import DeviceType
 from torch.nn import functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from .bench_peer import PeerCode, load_peer, peer_call
 from .measuring import MIB, interleaved_seconds, peak_bytes, seconds_of
