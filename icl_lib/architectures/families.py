@@ -149,6 +149,16 @@ def _llama_like(
     )
 
 
+def _parallel(
+    name: str, model_class: str, layer_class: str, layers: str, first: tuple[str, ...], down: str
+) -> DecoderFamily:
+    """A family whose layer adds its MLP output as it is and reads ``h`` from the layer's output
+    (``residual=None``): parallel-residual layers, ``out = z + Attn(N₁ z) + MLP(N₂ z)``, and the
+    sequential variants the same classes switch to by configuration."""
+    return DecoderFamily(name=name, model_classes=(model_class,), layer_classes=(layer_class,), layers=layers,
+                         first=first, mlp="mlp", residual=None, shift="mlp", down=down)
+
+
 _FAMILIES: list[DecoderFamily] = [
     _llama_like(
         "Llama (also SmolLM2, Mistral, Qwen2, Qwen3, Gemma)",
@@ -215,71 +225,53 @@ _FAMILIES: list[DecoderFamily] = [
     # same record runs their sequential variants (GPT-NeoX and StableLM with
     # use_parallel_residual=False, Falcon with parallel_attn=False), where h is still the output
     # minus the MLP's contribution.
-    DecoderFamily(
-        name="GPT-NeoX (Pythia), parallel or sequential",
-        model_classes=("GPTNeoXForCausalLM",),
-        layer_classes=("GPTNeoXLayer",),
-        layers="gpt_neox.layers",
-        first=("mlp.dense_h_to_4h",),
-        mlp="mlp",
-        residual=None,
-        shift="mlp",
-        down="mlp.dense_4h_to_h",
+    _parallel(
+        "GPT-NeoX (Pythia), parallel or sequential",
+        "GPTNeoXForCausalLM",
+        "GPTNeoXLayer",
+        "gpt_neox.layers",
+        ("mlp.dense_h_to_4h",),
+        "mlp.dense_4h_to_h",
     ),
-    DecoderFamily(
-        name="GPT-J (parallel)",
-        model_classes=("GPTJForCausalLM",),
-        layer_classes=("GPTJBlock",),
-        layers="transformer.h",
-        first=("mlp.fc_in",),
-        mlp="mlp",
-        residual=None,
-        shift="mlp",
-        down="mlp.fc_out",
+    _parallel(
+        "GPT-J (parallel)",
+        "GPTJForCausalLM",
+        "GPTJBlock",
+        "transformer.h",
+        ("mlp.fc_in",),
+        "mlp.fc_out",
     ),
-    DecoderFamily(
-        name="Phi-1/1.5/2 (parallel)",
-        model_classes=("PhiForCausalLM",),
-        layer_classes=("PhiDecoderLayer",),
-        layers="model.layers",
-        first=("mlp.fc1",),
-        mlp="mlp",
-        residual=None,
-        shift="mlp",
-        down="mlp.fc2",
+    _parallel(
+        "Phi-1/1.5/2 (parallel)",
+        "PhiForCausalLM",
+        "PhiDecoderLayer",
+        "model.layers",
+        ("mlp.fc1",),
+        "mlp.fc2",
     ),
-    DecoderFamily(
-        name="Falcon, parallel or sequential",
-        model_classes=("FalconForCausalLM",),
-        layer_classes=("FalconDecoderLayer",),
-        layers="transformer.h",
-        first=("mlp.dense_h_to_4h",),
-        mlp="mlp",
-        residual=None,
-        shift="mlp",
-        down="mlp.dense_4h_to_h",
+    _parallel(
+        "Falcon, parallel or sequential",
+        "FalconForCausalLM",
+        "FalconDecoderLayer",
+        "transformer.h",
+        ("mlp.dense_h_to_4h",),
+        "mlp.dense_4h_to_h",
     ),
-    DecoderFamily(
-        name="Cohere (parallel)",
-        model_classes=("CohereForCausalLM",),
-        layer_classes=("CohereDecoderLayer",),
-        layers="model.layers",
-        first=("mlp.gate_proj", "mlp.up_proj"),
-        mlp="mlp",
-        residual=None,
-        shift="mlp",
-        down="mlp.down_proj",
+    _parallel(
+        "Cohere (parallel)",
+        "CohereForCausalLM",
+        "CohereDecoderLayer",
+        "model.layers",
+        ("mlp.gate_proj", "mlp.up_proj"),
+        "mlp.down_proj",
     ),
-    DecoderFamily(
-        name="StableLM, parallel or sequential",
-        model_classes=("StableLmForCausalLM",),
-        layer_classes=("StableLmDecoderLayer",),
-        layers="model.layers",
-        first=("mlp.gate_proj", "mlp.up_proj"),
-        mlp="mlp",
-        residual=None,
-        shift="mlp",
-        down="mlp.down_proj",
+    _parallel(
+        "StableLM, parallel or sequential",
+        "StableLmForCausalLM",
+        "StableLmDecoderLayer",
+        "model.layers",
+        ("mlp.gate_proj", "mlp.up_proj"),
+        "mlp.down_proj",
     ),
     DecoderFamily(
         name="GPT-2",
