@@ -49,6 +49,7 @@ from .core.trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_tra
 from .core.update import ImplicitUpdate
 from .experiments import fewshot, lm_compression, plotting, proofs
 from .experiments.glue import glue
+from .experiments.tables import format_table, print_table
 from .experiments.baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .experiments.compression import (
     BinnedMean,
@@ -127,6 +128,8 @@ __all__ = [
     # the book's plotting helpers, and numbers glued into the prose
     "plotting",
     "glue",
+    "format_table",
+    "print_table",
     # reproducibility
     "seed_everything",
     # the regression task, training, baselines, fine-tuning
