@@ -119,6 +119,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     # trajectories
     ("trajectory, empty context", lambda: icl.implicit_trajectory(residual64(), tokens64(t=1)), ValueError, "the context is empty"),
     ("trajectory step out of range", lambda: icl.implicit_trajectory(block64(), tokens64()).weights(T), ValueError, "step index must be an int in [0, 4]"),
+    ("trajectory logits of a block", lambda: icl.implicit_trajectory(block64(), tokens64(), logits=False), ValueError, "logits are for transformers language models only"),
     ("trajectory gradient past the end", lambda: icl.implicit_trajectory(block64(), tokens64()).gradient(T - 1), ValueError, "in [0, 3]"),
     # constructors and seeding
     ("layer_norm without residual", lambda: icl.Block(D, H, layer_norm=True), ValueError, "requires residual=True"),

@@ -170,6 +170,20 @@ def test_trajectory_reproduces_every_truncated_prompt(family, dtype):
             assert torch.allclose(increments[:, layer, step], dense, rtol=1e-4 if dtype == torch.float32 else 1e-10)
 
 
+def test_trajectory_without_logits_gives_the_same_patches():
+    """logits=False skips the language-model head: no logits, and the very same updates."""
+    model = build("llama", "small", 5, torch.float64)
+    ids = prompt_ids(2, 9, 5)
+    full = icl.implicit_trajectory(model, ids, context_lengths=[0, 2, 8])
+    bare = icl.implicit_trajectory(model, ids, context_lengths=[0, 2, 8], logits=False)
+    assert bare.logits is None and full.logits.shape[:2] == (2, 3)
+    for with_head, without in zip(full.updates, bare.updates):
+        for a, b in zip(with_head, without):
+            assert torch.equal(a.u, b.u) and torch.equal(a.v, b.v) and torch.equal(a.delta_b, b.delta_b)
+    with pytest.raises(TypeError, match="logits must be True or False"):
+        icl.implicit_trajectory(model, ids, logits=1)
+
+
 def test_trajectory_at_chosen_lengths_with_padding():
     model = build("llama", "small", 7, torch.float64)
     ids = prompt_ids(2, 12, 7)

@@ -953,16 +953,19 @@ def lm_trajectory(
     attention_mask: Tensor | None = None,
     context_lengths: Sequence[int] | None = None,
     kept_tokens: int = 1,
-) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor]:
+    logits: bool = True,
+) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor | None]:
     """The updates of every layer for the truncated prompts ``[c_1..c_i, x]``.
 
     ``x`` is the last ``kept_tokens`` tokens (the query, by default), the context ``c`` the real
-    tokens before them. The truncated prompts of one length ``i`` have ``i + K`` tokens in every
-    row, so each length runs as one batch without padding, exactly as the prompts would run
-    alone. Returns ``(updates, lengths, logits)``: ``updates[s][ℓ]`` is layer ``ℓ``'s update
-    (batch ``B``) for context length ``lengths[s]``, and ``logits (B, S, V)`` the model's own
-    logits at the last token of every truncated prompt.
+    tokens before them. Every truncated prompt runs as it would alone (see
+    :func:`_one_pass_trajectory`). Returns ``(updates, lengths, logits)``: ``updates[s][ℓ]`` is
+    layer ``ℓ``'s update (batch ``B``) for context length ``lengths[s]``, and ``logits (B, S, V)``
+    the model's own logits at the last token of every truncated prompt (``None`` when ``logits``
+    is false: the language-model head is then not run).
     """
+    if not isinstance(logits, bool):
+        raise TypeError(f"logits must be True or False, got {logits!r}")
     lm = _language_model(model)
     kept = _check_kept(kept_tokens, -1)
     prompt = _prompt(lm, input_ids, attention_mask, min_tokens=kept + 1)
@@ -977,7 +980,7 @@ def lm_trajectory(
             raise TypeError(f"context_lengths must be a non-empty sequence of ints, got {context_lengths!r}")
         if any(not 0 <= i <= n_context for i in lengths):
             raise ValueError(f"context_lengths must lie in [0, {n_context}] (the shortest prompt's context), got {lengths}")
-    return _one_pass_trajectory(lm, prompt, counts, lengths, kept)
+    return _one_pass_trajectory(lm, prompt, counts, lengths, kept, logits)
 
 
 #: The attention implementations whose masks the one-pass trajectory writes: a boolean mask
@@ -1003,8 +1006,8 @@ def _layer_windows(lm: _LanguageModel) -> dict[str, int | None]:
 
 
 def _one_pass_trajectory(
-    lm: _LanguageModel, prompt: _Prompt, counts: Tensor, lengths: tuple[int, ...], kept: int
-) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor]:
+    lm: _LanguageModel, prompt: _Prompt, counts: Tensor, lengths: tuple[int, ...], kept: int, logits: bool
+) -> tuple[list[list[ImplicitUpdate]], tuple[int, ...], Tensor | None]:
     """Every truncated prompt ``[c_1..c_i, x]`` in one pass of the model, and one reference pass.
 
     In a causal model the keys and values of ``c_1..c_i`` in the truncated prompt equal those of
@@ -1059,7 +1062,8 @@ def _one_pass_trajectory(
     copies = width + torch.arange(n_steps * kept, device=device)  # the copies' columns
     last = width + torch.arange(n_steps, device=device) * kept + kept - 1  # each copy's last column
     at = copies if kept > 1 else last
-    trace = _trace(lm, _Prompt(ids, mask, positions), _prompted_record(lm, copies, at, "bias"), logits=last)
+    record = _prompted_record(lm, copies, at, "bias")
+    trace = _trace(lm, _Prompt(ids, mask, positions), record, logits=last if logits else False)
 
     def by_step(x: Tensor) -> Tensor:  # (B, S, ·) -> (B·S, ·), or (B, S·K, ·) -> (B·S, K, ·): row b·S + s
         return x.reshape(b * n_steps, *x.shape[2:]) if kept == 1 else x.reshape(b * n_steps, kept, -1)
@@ -1114,8 +1118,9 @@ class CausalLMNetwork:
     def network_gap(self, tokens, attention_mask):
         return lm_network_gap(self.model, tokens, attention_mask)
 
-    def trajectory(self, tokens, attention_mask, context_lengths, kept_tokens) -> NetworkTrajectory:
-        steps, lengths, logits = lm_trajectory(self.model, tokens, attention_mask, context_lengths, kept_tokens)
+    def trajectory(self, tokens, attention_mask, context_lengths, kept_tokens, logits) -> NetworkTrajectory:
+        steps, lengths, logits = lm_trajectory(self.model, tokens, attention_mask, context_lengths, kept_tokens,
+                                               logits)
         return NetworkTrajectory(updates=tuple(tuple(step) for step in steps), context_lengths=lengths, logits=logits)
 
 

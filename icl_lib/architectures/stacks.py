@@ -229,7 +229,7 @@ class StackNetwork:
         patched = self.forward_with_updates(updates, tokens[:, -1])
         return (self.model(tokens)[:, -1] - patched).norm(dim=-1)
 
-    def trajectory(self, tokens, attention_mask, context_lengths, kept_tokens):
+    def trajectory(self, tokens, attention_mask, context_lengths, kept_tokens, logits):
         raise TypeError(
             f"implicit_trajectory takes one block ({SUPPORTED_BLOCKS}) or a transformers causal LM, not a "
             f"{type(self.model).__name__}: run it on each block of the stack"

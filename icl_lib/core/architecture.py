@@ -89,6 +89,7 @@ class Network(Protocol):
         attention_mask: Tensor | None,
         context_lengths: Sequence[int] | None,
         kept_tokens: int,
+        logits: bool,
     ) -> NetworkTrajectory: ...
 
 

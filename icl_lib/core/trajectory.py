@@ -98,12 +98,13 @@ class NetworkTrajectory:
         updates: ``updates[s][ℓ]``, the :class:`ImplicitUpdate` of layer ``ℓ`` (batch ``B``) for
             the prompts truncated to their first ``context_lengths[s]`` context tokens.
         context_lengths: the ``S`` context lengths ``i`` (0: the query alone, zero patches).
-        logits: the model's own logits at the query of every truncated prompt, ``(B, S, vocab)``.
+        logits: the model's own logits at the query of every truncated prompt, ``(B, S, vocab)``;
+            ``None`` when :func:`implicit_trajectory` was called with ``logits=False``.
     """
 
     updates: tuple[tuple[ImplicitUpdate, ...], ...]
     context_lengths: tuple[int, ...]
-    logits: Tensor
+    logits: Tensor | None
 
     @property
     def n_steps(self) -> int:
@@ -152,6 +153,7 @@ def implicit_trajectory(
     attention_mask: Tensor | None = None,
     context_lengths: Sequence[int] | None = None,
     kept_tokens: int = 1,
+    logits: bool = True,
 ) -> ImplicitTrajectory | NetworkTrajectory:
     """The implicit updates after absorbing ``c_1..c_i``, for every ``i = 0..N``.
 
@@ -167,11 +169,15 @@ def implicit_trajectory(
             ``i = 0..N`` of the shortest prompt), e.g. the token counts at example boundaries.
         kept_tokens: language models only: the query ``x`` is the last ``K`` tokens (e.g. a whole
             query line); every one of them gets its own patch (see :func:`icl_lib.network_update`).
+        logits: language models only: also return the model's logits at the query of every
+            truncated prompt (``NetworkTrajectory.logits``). ``False`` skips the language-model
+            head, whose ``S × vocab`` outputs are a large part of the cost of a long prompt.
     """
     if find_view(block) is None:  # a whole model: its architecture runs the truncated prompts
-        return network_of(block).trajectory(tokens, attention_mask, context_lengths, kept_tokens)
-    if attention_mask is not None or context_lengths is not None or kept_tokens != 1:
-        raise ValueError("attention_mask, context_lengths and kept_tokens are for transformers language models only")
+        return network_of(block).trajectory(tokens, attention_mask, context_lengths, kept_tokens, logits)
+    if attention_mask is not None or context_lengths is not None or kept_tokens != 1 or logits is not True:
+        raise ValueError(
+            "attention_mask, context_lengths, kept_tokens and logits are for transformers language models only")
     view, _, tokens = _check_block_tokens(block, tokens, "tokens", min_length=2)
     b, t, d = tokens.shape
     keep = _prefix_keep(t - 1, tokens.device)
