@@ -64,7 +64,7 @@ from .experiments.compression import (
 from .experiments.deep import deep_regression_config, encoder_stack
 from .experiments.evaluation import ContextCurve, context_length_curve, predictions_over_queries
 from .experiments.fewshot import TASKS, answer_accuracy, task_prompts
-from .experiments.generation import GENERATION_PROMPTS, GenerationComparison, compare_generation
+from .experiments.generation import GENERATION_PROMPTS, GenerationComparison, compare_generation, left_padded
 from .experiments.finetune import (
     DistillationResult,
     FineTuneResult,
@@ -114,6 +114,7 @@ __all__ = [
     "GENERATION_PROMPTS",
     "GenerationComparison",
     "compare_generation",
+    "left_padded",
     "fewshot",
     "TASKS",
     "task_prompts",

@@ -76,3 +76,41 @@ def test_bad_arguments_are_refused():
 def test_the_protocols_prompts_are_five_distinct_texts():
     assert len(GENERATION_PROMPTS) == 5 and len(set(GENERATION_PROMPTS)) == 5
     assert all(isinstance(p, str) and p == p.rstrip(" ") for p in GENERATION_PROMPTS)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "mixtral"])
+def test_left_padded_prompts_continue_as_they_do_alone(family):
+    """A batch of prompts of different lengths, padded on the left, gives each row the tokens and
+    (to round-off) the logits it gets alone, with and without the patches."""
+    model = build(family, "small", 4, torch.float64)
+    long, short = prompt_ids(1, 9, 4), prompt_ids(1, 5, 5)
+    ids = torch.cat([long, torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    for through in (False, True):
+        batch = icl.greedy_continuation(model, ids, 5, through_patches=through, attention_mask=mask)
+        for row, alone_ids in ((0, long), (1, short)):
+            alone = icl.greedy_continuation(model, alone_ids, 5, through_patches=through)
+            assert torch.equal(batch.tokens[row : row + 1], alone.tokens)
+            assert torch.allclose(batch.logits[row : row + 1], alone.logits, rtol=0, atol=1e-10)
+            assert torch.allclose(batch.model_logits[row : row + 1], alone.model_logits, rtol=0, atol=1e-10)
+    r = compare_generation(model, ids, 5, attention_mask=mask)["bias"]
+    assert r.agreement.tolist() == [1.0, 1.0] and r.errors.max() <= 1e-10
+    with pytest.raises(ValueError, match="pad on the left"):
+        icl.greedy_continuation(model, ids, 2, through_patches=False, attention_mask=mask.flip(1))
+
+
+class _Words:
+    """A stand-in tokenizer: one id per word (1 + its length), as ``tokenizer(text, return_tensors="pt")``."""
+
+    def __call__(self, text, return_tensors):
+        class Encoded:
+            input_ids = torch.tensor([[1 + len(w) for w in text.split()]])
+        return Encoded()
+
+
+def test_left_padded_pads_on_the_left():
+    ids, mask = icl.left_padded(_Words(), ["a bb ccc", "dddd"])
+    assert ids.tolist() == [[2, 3, 4], [0, 0, 5]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="non-empty sequence of non-empty strings"):
+        icl.left_padded(_Words(), "one text")

@@ -905,6 +905,7 @@ def greedy_continuation(
     n_tokens: int,
     through_patches: bool,
     *,
+    attention_mask: Tensor | None = None,
     steering: str = "bias",
     factor_dtype: torch.dtype | None = None,
 ) -> Continuation:
@@ -916,7 +917,8 @@ def greedy_continuation(
     way the prompt's keys and values are cached: a step runs the new token once with the cache
     (which also gives the model's own logits), and, through the patches, once alone for the
     references and once alone patched. ``steering`` and ``factor_dtype`` are those of
-    :func:`icl_lib.network_update`.
+    :func:`icl_lib.network_update`; ``attention_mask (B, T)`` runs prompts of different lengths
+    as one batch, padded on the left (each row's positions count its own tokens only).
     """
     lm = _language_model(model)
     ids = check_ids(input_ids, "input_ids", lm)
@@ -926,9 +928,10 @@ def greedy_continuation(
         raise TypeError(f"through_patches must be a bool, got {through_patches!r}")
     steering = _check_steering(lm, steering)
     lm.factor_dtype(factor_dtype)
-    prompt = _prompt(lm, ids, None, min_tokens=2)
+    prompt = _prompt(lm, ids, attention_mask, min_tokens=2)
     b, t = prompt.ids.shape
-    step, cache = prompt, True
+    step, cache, mask = prompt, True, prompt.mask
+    after = prompt.positions[:, -1:] + 1  # (B, 1): each row's position id of the first new token
     tokens, chosen_logits, own_logits = [], [], []
     for n in range(n_tokens):
         record = _prompted_record(lm, slice(-1, None), -1, steering) if through_patches else {}
@@ -942,8 +945,9 @@ def greedy_continuation(
         own_logits.append(trace.logits)
         chosen_logits.append(logits)
         tokens.append(logits.argmax(-1, keepdim=True))
-        position = torch.full((b, 1), t + n, device=ids.device)
-        step = _Prompt(tokens[-1], None, position)
+        if mask is not None:  # the cached keys and values stay masked where the prompt was padded
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        step = _Prompt(tokens[-1], mask, after + n)
     return Continuation(torch.cat(tokens, dim=1), torch.stack(chosen_logits, 1), torch.stack(own_logits, 1))
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..architectures.causal_lm import greedy_continuation
 from ..core.metrics import relative_error
 
-__all__ = ["GENERATION_PROMPTS", "GenerationComparison", "compare_generation"]
+__all__ = ["GENERATION_PROMPTS", "GenerationComparison", "compare_generation", "left_padded"]
 
 # Five short prompts of different kinds (a few-shot list, a definition, a story opening, a
 # factual sentence, a piece of code): the protocol asks for the next 20 tokens of each.
@@ -89,6 +89,7 @@ def compare_generation(
     n_tokens: int = 20,
     steerings: Sequence[str] = ("bias",),
     factor_dtype: torch.dtype | None = None,
+    attention_mask: Tensor | None = None,
 ) -> dict[str, GenerationComparison]:
     """Greedy generation of ``n_tokens`` through patches recomputed for every new token, against
     the model's own greedy generation (the protocol of Goldwaser et al., 2025), for each steering.
@@ -100,25 +101,47 @@ def compare_generation(
 
     Args:
         model: a ``transformers`` causal LM of a supported family.
-        input_ids: the prompts, ``(B, T)`` token ids, ``T ≥ 2``, no padding (one batch).
+        input_ids: the prompts, ``(B, T)`` token ids, ``T ≥ 2``.
         n_tokens: how many tokens to generate (default 20, as in the protocol).
         steerings: one or more of ``"bias"``, ``"down"``, ``"norm"``, as in
             :func:`icl_lib.network_update` (the family must be able to carry each).
         factor_dtype: as in :func:`icl_lib.network_update` (a half-precision model's factors
             are float32 by default; its own dtype gives the naive variant).
+        attention_mask: ``(B, T)``, 0 where a row is padded on the left: prompts of different
+            lengths in one batch (one-token passes cost about as much for five rows as for one).
 
     Returns:
         one :class:`GenerationComparison` per steering, keyed by it.
     """
     if isinstance(steerings, str) or not steerings or len(set(steerings)) != len(steerings):
         raise ValueError(f"steerings must be a non-empty sequence of distinct names, got {steerings!r}")
-    plain = greedy_continuation(model, input_ids, n_tokens, through_patches=False)
+    plain = greedy_continuation(model, input_ids, n_tokens, through_patches=False, attention_mask=attention_mask)
     results = {}
     for steering in steerings:
         via = greedy_continuation(model, input_ids, n_tokens, through_patches=True, steering=steering,
-                                  factor_dtype=factor_dtype)
+                                  factor_dtype=factor_dtype, attention_mask=attention_mask)
         own = via.model_logits.float()
         errors = torch.stack([relative_error(via.logits[:, n].float(), own[:, n]) for n in range(n_tokens)], 1)
         top = own.topk(2, dim=-1).values
         results[steering] = GenerationComparison(plain.tokens, via.tokens, errors, top[..., 0] - top[..., 1], steering)
     return results
+
+
+def left_padded(tokenizer, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Encode ``texts`` as one batch padded on the left, the layout the library's
+    ``attention_mask`` arguments take: ``(ids (B, T), mask (B, T))``, ``T`` the longest text's
+    token count, 0 in the mask where a row is padded (its ids there are 0, never read).
+
+    The tokenizer's own padding is not used: some tokenizers have no pad token, and the side
+    they pad on is a setting of theirs.
+    """
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError(f"texts must be a non-empty sequence of non-empty strings, got {texts!r}")
+    rows = [tokenizer(text, return_tensors="pt").input_ids[0] for text in texts]
+    width = max(len(row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for k, row in enumerate(rows):
+        ids[k, width - len(row):] = row
+        mask[k, width - len(row):] = 1
+    return ids, mask
