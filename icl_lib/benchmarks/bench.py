@@ -982,7 +982,7 @@ def _grid_section(args: argparse.Namespace, device: torch.device, dtypes: Sequen
 def _block_section(args: argparse.Namespace, device: torch.device, dtypes: Sequence[torch.dtype]) -> bool:
     """(f) and (g) on single pre-LN blocks; returns whether the correctness checks passed."""
     sizes = QUICK_BLOCK_GRID if args.quick else BLOCK_GRID
-    print(f"== (f), (g): one pre-LN residual block ({'quick' if args.quick else 'the public implementation'}'s shapes)")
+    print(f"== (f), (g): one pre-LN residual block ({'the quick' if args.quick else 'the'} block grid)")
     print("block: icl.Block(D, H = 4D, heads, residual=True, layer_norm=True, activation='gelu'), eval mode, "
           "bidirectional or causal softmax attention; tokens ~ N(0, 1), T = N + 1")
     print("(f) block(tokens) against nn.TransformerEncoderLayer(norm_first=True, batch_first=True, dropout=0) holding "
