@@ -14,7 +14,7 @@ For every configuration of a grid (batch ``B``, context ``N``, width ``D``, MLP 
     whose ``(B, T, D)`` result must equal the block's prompted outputs.
 
 A second section measures one pre-LN residual :class:`icl_lib.Block` (GELU, ``H = 4D``) on the
-shapes of the public implementation's table (``BLOCK_GRID``), bidirectional and causal:
+shapes of ``BLOCK_GRID``, bidirectional and causal:
 
 (f) ``block(tokens)`` against PyTorch's own ``nn.TransformerEncoderLayer`` holding the same weights
     (:func:`fused_twin`), in the same process: target ratio ≤ 1.2 ×;
@@ -572,7 +572,7 @@ def peer_target(size: BlockSize) -> float:
 
 
 QUICK_BLOCK_GRID = (BlockSize(batch=64, context=50, width=3, heads=3), BlockSize(batch=2, context=30, width=8, heads=2))
-CAUSAL_MODES = (False, True)  # bidirectional (as the public implementation) and causal (the book's default)
+CAUSAL_MODES = (False, True)  # bidirectional, and causal (the book's default); the peer is timed with each
 
 
 @dataclass(frozen=True)
@@ -840,7 +840,7 @@ def _peer_verdict(m: BlockMeasurement, clock: str) -> str:
             text += (f"; floor: scaled_dot_product_attention alone on the block's heads takes {attention:.3g} ms "
                      f"> {limit:.3g}")
         elif block > limit:
-            text += (f"; floor: one forward pass of the block, which the updates are read from, takes "
+            text += (f"; floor: one forward pass of the block, every operation of which (g) runs, takes "
                      f"{block:.3g} ms > {limit:.3g} (the attention kernel alone {attention:.3g} ms)")
         else:
             text += f"; no floor above the limit: (g) takes {ms - block:.3g} ms beyond one forward pass"
