@@ -17,7 +17,7 @@ keep matplotlib's white background, so they read the same in the book's light an
 Two helpers draw what several chapters plot, on an axes the chapter gives them:
 
 * :func:`error_band`: a mean curve with its band of one standard error either side (chapters
-  1, 3, 5, 6 and 9 average over prompts or tasks this way);
+  1, 5, 6 and 9 average over prompts or tasks this way);
 * :func:`masked_diagonal_heatmap`: a square matrix of cosines between patches whose diagonal,
   1 by definition, is masked (chapters 8 and 11).
 """
