@@ -77,6 +77,8 @@ from .experiments.lm_compression import apply_lm_static_patch, fit_lm_static_pat
 from .experiments.memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
 from .experiments.tasks import RegressionBatch, read_prediction, regression_loss, regression_tokens, sample_regression
 from .experiments.training import TrainingConfig, TrainingHistory, build_block, predict, predict_implicit, train_block
+# --- chapters 1-5 ---
+from .experiments.seeds import SeedSpread, over_seeds
 
 __all__ = [
     # layers, blocks, stacks
@@ -183,4 +185,7 @@ __all__ = [
     "apply_weight_patch",
     "BinnedMean",
     "binned_mean",
+    # --- chapters 1-5 ---
+    "SeedSpread",
+    "over_seeds",
 ]

@@ -17,7 +17,7 @@ keep matplotlib's white background, so they read the same in the book's light an
 Two helpers draw what several chapters plot, on an axes the chapter gives them:
 
 * :func:`error_band`: a mean curve with its band of one standard error either side (chapters
-  1, 3, 5, 6 and 9 average over prompts or tasks this way);
+  1, 5, 6 and 9 average over prompts or tasks this way);
 * :func:`masked_diagonal_heatmap`: a square matrix of cosines between patches whose diagonal,
   1 by definition, is masked (chapters 8 and 11).
 """
@@ -42,6 +42,13 @@ __all__ = [
     "residual_block_schematic",
     "error_band",
     "masked_diagonal_heatmap",
+    # --- chapters 1-5 ---
+    "context_sweep_figure",
+    "minimum_norm_figure",
+    "conditioning_figure",
+    "training_figure",
+    "query_plane_figure",
+    "step_decay_figure",
 ]
 
 # Colours: the prompted path in blue, the query-alone path in grey, the patched parts in red.
@@ -413,3 +420,382 @@ def masked_diagonal_heatmap(ax: Axes, matrix: object, *, cmap: str | Colormap, v
         colormap = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
         cmap = colormap.with_extremes(bad=bad)
     return ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
+
+
+# --- chapters 1-5 ---
+# The figures of chapters 1, 2, 4 and 5, each drawn from arrays the chapter computed. Every helper
+# makes its own figure (pyplot is imported only when one is drawn) and returns it.
+
+
+def _band(pair: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(mean, sem)`` pair as two 1-d arrays of one length."""
+    try:
+        mean, sem = pair  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (mean, sem) pair") from None
+    mean, sem = _vector(mean, f"{name} mean"), _vector(sem, f"{name} sem")
+    if len(mean) != len(sem):
+        raise ValueError(f"{name}: mean and sem have lengths {len(mean)} and {len(sem)}")
+    return mean, sem
+
+
+def _figure(mosaic: list[list[str]], figsize: tuple[float, float], **kwargs: object) -> tuple[Figure, dict]:
+    import matplotlib.pyplot as plt  # only here: importing icl_lib does not load pyplot
+
+    return plt.subplot_mosaic(mosaic, figsize=figsize, **kwargs)
+
+
+def context_sweep_figure(weights: object, lengths: object, distance: dict, change: dict) -> Figure:
+    """Chapter 1: how far the context moves a layer's output at the query, and how fast.
+
+    Three panels: the query's softmax attention weights over one prompt (its last bar, the query's
+    own weight, in red, beside the uniform weight); the distance ``‖A(c_1..c_n, x) − A(x)‖``
+    against the context length ``n``; and the change made by one more token,
+    ``‖A(c_1..c_n, x) − A(c_1..c_(n−1), x)‖``, with a ``1/n`` line through the first layer's
+    first point.
+
+    Args:
+        weights: ``(T,)`` attention weights of the query over a prompt of ``T`` tokens, the query
+            last.
+        lengths: ``(n,)`` context lengths, positive.
+        distance, change: ``{layer name: (mean, sem)}``, each an ``(n,)`` pair over prompts, in
+            the order to draw (colours C0, C1, ...); the same names in both.
+
+    Returns:
+        The figure; its axes are ``fig.axes = [weights, distance, change]``.
+
+    Raises:
+        ValueError: if the shapes disagree, the layer names differ or a length is not positive.
+    """
+    weights, lengths = _vector(weights, "weights"), _vector(lengths, "lengths").astype(float)
+    if list(distance) != list(change) or not distance:
+        raise ValueError("distance and change must name the same layers, in the same order")
+    if (lengths <= 0).any():
+        raise ValueError("context lengths must be positive (the axes are logarithmic)")
+    bands = {key: [_band(d[key], key) for d in (distance, change)] for key in distance}
+    if any(len(m) != len(lengths) for pair in bands.values() for m, _ in pair):
+        raise ValueError(f"every curve needs {len(lengths)} points, one per context length")
+    fig, axes = _figure([["weights", "weights"], ["distance", "change"]], (9, 6.6),
+                        height_ratios=[0.8, 1])
+    n_tokens = len(weights)
+    position = np.arange(1, n_tokens + 1)
+    ax = axes["weights"]
+    ax.bar(position, weights, color=["C0"] * (n_tokens - 1) + ["C3"])
+    ax.axhline(1 / n_tokens, color="k", lw=0.8, ls="--", label=f"uniform, 1/{n_tokens}")
+    ax.set(xlabel=f"position in the prompt ({n_tokens} = the query)",
+           ylabel=r"attention weight $\alpha$", title="Softmax attention of the query")
+    ax.set_xticks(position)
+    ax.legend(frameon=False, loc="upper left")
+    for k, (name, pairs) in enumerate(bands.items()):
+        for panel, (mean, sem) in zip(("distance", "change"), pairs):
+            error_band(axes[panel], lengths, mean, sem, color=f"C{k}", label=name, edges=True)
+    axes["distance"].set(xscale="log", xlabel="context length n",
+                         ylabel=r"$\|A(c_1..c_n, x) - A(x)\|$",
+                         title="Distance from the output without context")
+    axes["distance"].set_ylim(bottom=0)
+    first = next(iter(bands.values()))[1][0]
+    ax = axes["change"]
+    ax.plot(lengths, first[0] * lengths[0] / lengths, "k--", lw=0.8, label=r"$\propto 1/n$")
+    ax.set(xscale="log", yscale="log", xlabel="context length n",
+           ylabel=r"$\|A(c_1..c_n, x) - A(c_1..c_{n-1}, x)\|$", title="Change from one more token")
+    ticks = [0.02, 0.05, 0.1, 0.2, 0.5]
+    ax.set_yticks(ticks, labels=[f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def minimum_norm_figure(size: object, norm: object, null_error: object, generic_error: object, *,
+                        floor: float = 1e-17) -> Figure:
+    """Chapter 2: the patches ``ΔW + E`` with ``E a = 0`` against generic perturbations ``P``.
+
+    Left, ``‖ΔW + E‖_F / ‖ΔW‖_F`` against ``s = ‖E‖_F / ‖ΔW‖_F`` on the Pythagoras curve
+    ``√(1 + s²)``; right, the relative error at the query with ``W + ΔW + E`` and with
+    ``W + ΔW + P`` (``‖P‖_F = ‖E‖_F``), an error of exactly 0 drawn at ``floor``.
+
+    Args:
+        size: ``(K,)`` ratios ``s``, positive.
+        norm: ``(K,)`` ratios ``‖ΔW + E‖_F / ‖ΔW‖_F``.
+        null_error, generic_error: ``(K,)`` relative errors with ``E`` and with ``P``.
+        floor: where exact zeros are drawn on the logarithmic axis.
+
+    Returns:
+        The figure, with the two axes ``fig.axes = [left, right]``.
+
+    Raises:
+        ValueError: if the four arrays do not have one length or a ratio ``s`` is not positive.
+    """
+    arrays = [_vector(v, name) for v, name in ((size, "size"), (norm, "norm"),
+                                               (null_error, "null_error"), (generic_error, "generic_error"))]
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"the four arrays must have one length, got {[len(a) for a in arrays]}")
+    size, norm, null_error, generic_error = arrays
+    if (size <= 0).any():
+        raise ValueError("the ratios s must be positive (the axes are logarithmic)")
+    fig, axes = _figure([["left", "right"]], (10, 4.2))
+    left, right = axes["left"], axes["right"]
+    s = np.logspace(-1.6, 1.6, 100)
+    left.plot(s, np.sqrt(1 + s**2), color="0.6", lw=2, label=r"$\sqrt{1 + s^2}$ (Pythagoras)")
+    left.scatter(size, norm, s=18, color="C0", zorder=3, label=r"random $E$ with $Ea = 0$")
+    left.axhline(1, color="k", lw=0.8, ls="--", label=r"$\|\Delta W\|_F$ (the minimum)")
+    left.set(xscale="log", yscale="log", xlabel=r"$s = \|E\|_F / \|\Delta W\|_F$",
+             ylabel=r"$\|\Delta W + E\|_F / \|\Delta W\|_F$", title="(a) every other patch is larger")
+    left.legend(loc="upper left", fontsize=9)
+    right.scatter(size, np.maximum(null_error, floor), s=18, color="C0",
+                  label=r"$W + \Delta W + E$, $Ea = 0$")
+    right.scatter(size, generic_error, s=18, color="C3", marker="s",
+                  label=r"$W + \Delta W + P$, $P$ generic")
+    right.axhline(np.finfo(np.float64).eps, color="0.5", lw=0.8, ls=":", label="float64 machine epsilon")
+    right.set(xscale="log", yscale="log", ylim=(floor / 3, 30),
+              xlabel=r"$\|E\|_F / \|\Delta W\|_F$ (or $\|P\|_F$)", ylabel="relative error at the query",
+              title="(b) only null directions are free")
+    right.legend(loc="center right", fontsize=9)
+    fig.suptitle(f"Non-uniqueness and minimum norm, {len(size)} prompts, float64 "
+                 f"(errors of exactly 0 drawn at {floor:.0e})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def conditioning_figure(errors: dict, norms_a: object, norms_a32: object, curves: dict,
+                        norms_dW: object, *, floor: float = 1e-17) -> Figure:
+    """Chapter 2: the identity in float32 and float64, and what happens as ``a → 0``.
+
+    (a) histograms of the relative identity error over random prompts, one per precision, with
+    its machine epsilon; (b) the identity's worst error in float64 and float32 and the median
+    error of a float64 patch run in float32, against ``‖a‖`` (an error of exactly 0 is an open
+    circle at ``floor``, named in the legend); (c) ``‖ΔW‖_F`` against ``‖a‖`` beside ``1/‖a‖``.
+
+    Args:
+        errors: ``{"float32": (P,), "float64": (P,)}`` relative errors over ``P`` prompts.
+        norms_a: ``(S,)`` the scales ``‖a‖`` of the sweep (float64), positive.
+        norms_a32: ``(S,)`` float32's own ``‖a‖`` at each scale, positive.
+        curves: ``{"float64": (S,), "float32": (S,), "deployed": (S,)}`` errors along the sweep.
+        norms_dW: ``(S,)`` median ``‖ΔW‖_F`` along the sweep.
+        floor: where exact zeros are drawn in panel (b).
+
+    Returns:
+        The figure; its axes are ``fig.axes = [a, b, c]``.
+
+    Raises:
+        ValueError: if a key is missing, the sweep's arrays differ in length or a norm is not
+            positive.
+    """
+    if set(errors) != {"float32", "float64"} or set(curves) != {"float64", "float32", "deployed"}:
+        raise ValueError("errors needs the keys float32, float64; curves float64, float32, deployed")
+    norms_a, norms_a32, norms_dW = (_vector(v, n) for v, n in ((norms_a, "norms_a"),
+                                                                 (norms_a32, "norms_a32"), (norms_dW, "norms_dW")))
+    curves = {key: _vector(value, key) for key, value in curves.items()}
+    if len({len(norms_a), len(norms_a32), len(norms_dW), *map(len, curves.values())}) != 1:
+        raise ValueError("the sweep's arrays (norms and curves) must have one length")
+    if (norms_a <= 0).any() or (norms_a32 <= 0).any() or (norms_dW <= 0).any():
+        raise ValueError("the norms must be positive (the axes are logarithmic)")
+    fig, axes = _figure([["a", "a"], ["b", "c"]], (9.5, 7.6))
+    ax = axes["a"]
+    for name, color in (("float32", "C0"), ("float64", "C1")):
+        err = _vector(errors[name], name)
+        nonzero = err[err > 0]
+        if nonzero.size:
+            bins = np.logspace(np.log10(nonzero.min()) - 0.1, np.log10(nonzero.max()) + 0.1, 25)
+            ax.hist(nonzero, bins=bins, color=color, alpha=0.8,
+                    label=f"{name} ({(err == 0).sum()} exact zeros not shown)")
+        ax.axvline(np.finfo(name).eps, color=color, ls=":", lw=1.5)
+    ax.plot([], [], color="0.3", ls=":", label="machine epsilon")
+    ax.set(xscale="log", ylabel="prompts", title=f"(a) {len(_vector(errors['float64'], 'float64'))} random prompts",
+           xlabel=r"relative error $\|T_{W+\Delta W}(x) - T_W(C,x)\| \,/\, \|T_W(C,x)\|$")
+    ax.set_ylim(0, 1.3 * ax.get_ylim()[1])
+    ax.legend(fontsize=9, loc="upper center")
+    ax = axes["b"]
+    for name, at, color, label in (("float64", norms_a, "C1", "identity, float64 (max)"),
+                                   ("float32", norms_a32, "C0",
+                                    "identity, float32 (max),\nat float32's own $\\|a\\|$")):
+        zero = curves[name] == 0
+        ax.plot(at[~zero], curves[name][~zero], "o-", color=color, label=label)
+        if zero.any():
+            ax.plot(at[zero], np.full(zero.sum(), floor), "o", color=color, mfc="white",
+                    label=f"{name}: exactly 0")
+    ax.plot(norms_a, curves["deployed"], "s--", color="C3", label="float64 patch run\nin float32 (median)")
+    ax.set(xscale="log", yscale="log", xlabel=r"$\|a\| = \|A(x_0)\|$", ylabel="relative error at the query",
+           ylim=(floor / 3, 1e10), title=r"(b) as $a \to 0$")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8, loc="upper left")
+    ax = axes["c"]
+    ax.plot(norms_a, norms_dW[0] * norms_a[0] / norms_a, color="0.75", lw=6, label=r"$\propto 1/\|a\|$")
+    ax.plot(norms_a, norms_dW, "o-", color="C2", label=r"$\|\Delta W\|_F$ (median)")
+    ax.set(xscale="log", yscale="log", xlabel=r"$\|a\| = \|A(x_0)\|$", ylabel=r"$\|\Delta W\|_F$",
+           title=r"(c) the patch grows like $1/\|a\|$")
+    ax.invert_xaxis()
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(history: object, zero_loss: float, *, n_val: int, window: int = 100, close_from: int = 1000,
+                    eps: float = float(np.finfo(np.float32).eps)) -> Figure:
+    """Chapter 4 (v1's Fig. 1): training, and the two validation losses that coincide.
+
+    Top, the training loss of each minibatch and its centred ``window``-step mean, the validation
+    loss with the context (line) and through ``W + ΔW`` on the query alone (crosses), and the
+    zero predictor's loss; bottom left, a close-up of the two validation losses from step
+    ``close_from``; bottom right, the largest gap between the two predictions at each checkpoint.
+
+    Args:
+        history: a :class:`icl_lib.TrainingHistory`: ``train_loss`` ``(steps,)``, and
+            ``eval_steps``, ``val_loss``, ``val_loss_implicit``, ``val_max_gap``, each ``(E,)``.
+        zero_loss: the zero predictor's loss, ``d/2``.
+        n_val: the number of validation prompts (for the title).
+        window: the width of the moving mean, at most the number of steps.
+        close_from: the first training step of the close-up.
+        eps: the machine epsilon drawn in the gap panel (float32's by default).
+
+    Returns:
+        The figure; its axes are ``fig.axes = [train, close, gap]``.
+
+    Raises:
+        ValueError: if ``window`` is not in ``[1, steps]`` or no checkpoint is at or after
+            ``close_from``.
+    """
+    train = _vector(history.train_loss, "train_loss")
+    eval_steps = _vector(history.eval_steps, "eval_steps")
+    if not 1 <= window <= len(train):
+        raise ValueError(f"window must be in [1, {len(train)}], got {window}")
+    late = eval_steps >= close_from
+    if not late.any():
+        raise ValueError(f"no checkpoint at or after step {close_from}")
+    val, implicit = _vector(history.val_loss, "val_loss"), _vector(history.val_loss_implicit, "val_loss_implicit")
+    smooth = np.convolve(train, np.ones(window) / window, mode="valid")
+    steps = np.arange(len(train))
+    fig, axes = _figure([["train", "train"], ["close", "gap"]], (9.5, 7.6))
+    ax = axes["train"]
+    ax.plot(steps, train, color="0.82", lw=0.6, label="training loss (each minibatch)")
+    ax.plot(steps[window // 2: window // 2 + smooth.size], smooth, color="0.25", lw=1.2,
+            label=f"training loss (centred {window}-step mean)")
+    ax.plot(eval_steps, val, color="C0", lw=2, label="validation, with the context")
+    ax.plot(eval_steps, implicit, "x", color="C3", ms=6, mew=1.5,
+            label=r"validation, query alone with $W + \Delta W$")
+    ax.axhline(zero_loss, color="k", ls="--", lw=1, label="zero predictor, $d/2$")
+    ax.set(yscale="log", xlabel="training step", ylabel="loss", title="Training")
+    ax.legend(fontsize=9)
+    ax = axes["close"]
+    ax.plot(eval_steps[late], val[late], "-", color="C0", lw=3, label="with the context")
+    ax.plot(eval_steps[late], implicit[late], "x", color="C3", ms=8, mew=1.5, label=r"query alone, $W + \Delta W$")
+    ax.set(xlabel="training step", ylabel="validation loss", title="Close-up of the two validation losses")
+    ax.legend(fontsize=9)
+    ax = axes["gap"]
+    ax.semilogy(eval_steps, _vector(history.val_max_gap, "val_max_gap"), "o-", color="C2", ms=3)
+    ax.axhline(eps, color="k", ls=":", lw=1, label="float32 machine epsilon")
+    ax.set(xlabel="training step", ylabel=r"max $|\hat y_{\mathrm{context}} - \hat y_{W+\Delta W}|$",
+           title=f"Largest gap over the {n_val} validation prompts",
+           ylim=(1e-9, 1e-4))
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def query_plane_figure(with_context: object, implicit: object, truth: object, transported: object,
+                       anchor: Sequence[float], *, extent: tuple[float, float, float, float] = (-3, 3, -3, 3)) -> Figure:
+    """Chapter 4: one task's predictions over a grid of queries, with and without its context.
+
+    Six panels: (a) the prompted prediction ``T_W(C, x_q)``, (b) the query alone through its own
+    patch, (c) the task's ``⟨w, x_q⟩``, (d) ``log10 |(a) − (b)|`` (exact zeros at −9),
+    (e) one patch, computed at the query ``anchor`` (a star), used at every query, and
+    (f) ``|(e) − (a)|``.
+
+    Args:
+        with_context, implicit, truth, transported: ``(G, G)`` grids over the query plane, row
+            ``k`` at the ``k``-th value of ``x_2`` (``origin="lower"``).
+        anchor: the ``(x_1, x_2)`` of the one patch's query.
+        extent: ``(left, right, bottom, top)`` of the grid.
+
+    Returns:
+        The figure (six image axes and their colour bars).
+
+    Raises:
+        ValueError: if the grids are not square of one shape.
+    """
+    grids = [np.asarray(g.detach().cpu().numpy() if hasattr(g, "detach") else g, dtype=float)
+             for g in (with_context, implicit, truth, transported)]
+    if len({g.shape for g in grids}) != 1 or grids[0].ndim != 2 or grids[0].shape[0] != grids[0].shape[1]:
+        raise ValueError(f"the four grids must be square of one shape, got {[g.shape for g in grids]}")
+    with_context, implicit, truth, transported = grids
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(10, 6.8), layout="constrained")
+    limit = np.abs(truth).max()
+    surface = dict(origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit)
+    for ax, values, title in ((axes[0, 0], with_context, r"(a) with the context, $T_W(C, x_q)$"),
+                              (axes[0, 1], implicit, r"(b) alone, $T_{W + \Delta W(C, x_q)}(x_q)$"),
+                              (axes[0, 2], truth, r"(c) the task, $\langle w, x_q \rangle$"),
+                              (axes[1, 1], transported, r"(e) one patch, $T_{W + \Delta W(C, x^*)}(x_q)$")):
+        image = ax.imshow(values, **surface)
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=axes[0, :], shrink=0.9, label="prediction")
+    fig.colorbar(image, ax=axes[1, 1], shrink=0.9)
+    gap = np.abs(with_context - implicit)
+    gap_image = axes[1, 0].imshow(np.log10(np.maximum(gap, 1e-9)), origin="lower", extent=extent,
+                                  cmap="viridis", vmin=-9, vmax=-6)
+    axes[1, 0].set_title("(d) $\\log_{10}$ |(a) − (b)|, float32\n(exact zeros at −9)", fontsize=10)
+    miss_image = axes[1, 2].imshow(np.abs(transported - with_context), origin="lower", extent=extent,
+                                   cmap="magma")
+    axes[1, 2].set_title("(f) |(e) − (a)|", fontsize=10)
+    fig.colorbar(gap_image, ax=axes[1, 0], shrink=0.9)
+    fig.colorbar(miss_image, ax=axes[1, 2], shrink=0.9)
+    for ax in (axes[1, 1], axes[1, 2]):
+        ax.plot(*anchor, "k*", ms=11, mfc="yellow")
+    ticks = [extent[0], 0, extent[1]]
+    for ax in axes.flat:
+        ax.set(xticks=ticks, yticks=ticks)
+    for ax in axes[1]:
+        ax.set_xlabel("$x_1$ (query)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("$x_2$ (query)")
+    return fig
+
+
+def step_decay_figure(index: object, steps: object, rescaled: object, fit: object, *,
+                      training_length: int, n_tasks: int) -> Figure:
+    """Chapter 5 (v1's Fig. 2): the implicit steps against the context length, and rescaled.
+
+    Left, the mean step ``‖ΔW_(i+1) − ΔW_i‖`` with its band of one standard error, the power-law
+    fit over its own range, the training length, and the steps ``i ≤ 2`` that v1's figure leaves
+    out shaded; right, the steps rescaled by ``i + 2``.
+
+    Args:
+        index: ``(n,)`` the steps' ``i`` (tokens absorbed before the step), from 1.
+        steps, rescaled: ``(mean, sem)`` pairs of ``(n,)`` arrays over tasks.
+        fit: a :class:`icl_lib.PowerLawFit` of the steps (its ``steps`` are the fitted ``i``).
+        training_length: the context length ``N`` the block was trained on.
+        n_tasks: the number of tasks averaged (for the legend).
+
+    Returns:
+        The figure, with the two axes ``fig.axes = [steps, rescaled]``.
+
+    Raises:
+        ValueError: if the arrays disagree in length or an ``i`` is not positive.
+    """
+    index = _vector(index, "index").astype(float)
+    (mean, sem), (s_mean, s_sem) = _band(steps, "steps"), _band(rescaled, "rescaled")
+    if not len(index) == len(mean) == len(s_mean):
+        raise ValueError(f"index, steps and rescaled need one length, got {len(index)}, {len(mean)}, {len(s_mean)}")
+    if (index <= 0).any():
+        raise ValueError("the steps' i must be positive (the axes are logarithmic)")
+    fit_i = np.asarray(fit.steps, dtype=float)
+    fig, axes = _figure([["steps", "rescaled"]], (10, 4.2))
+    ax = axes["steps"]
+    error_band(ax, index, mean, sem, color="C0", lw=1.5, band_label=f"mean ± s.e. ({n_tasks} tasks)",
+               alpha=0.3, edges=True)
+    ax.plot(fit_i, fit(fit_i), "--", color="C3", lw=1.5,
+            label=f"fit on ${fit_i.min():.0f} \\leq i \\leq {fit_i.max():.0f}$: $i^{{{fit.exponent:.2f}}}$")
+    ax.axvline(training_length, color="0.5", ls=":", lw=1)
+    ax.text(training_length * 1.05, mean[0] * 0.9, "training length", color="0.4", fontsize=9)
+    ax.axvspan(0.9, 2.5, color="0.92", lw=0, zorder=0, label="$i \\leq 2$: not in v1's Fig. 2")
+    ax.set(xscale="log", yscale="log", xlabel="context length $i$", xlim=(0.9, 1.1 * index.max()),
+           ylabel=r"$\|\Delta W_{i+1} - \Delta W_i\|_2 = \|\cdot\|_F$", title="Step sizes of the implicit dynamics")
+    ax.legend(fontsize=9, loc="lower left")
+    ax = axes["rescaled"]
+    error_band(ax, index, s_mean, s_sem, color="C2", lw=1.5, band_label="mean ± s.e.", alpha=0.3, edges=True)
+    ax.set(xscale="log", xlabel="context length $i$", ylabel=r"$(i + 2)\, \|\Delta W_{i+1} - \Delta W_i\|_F$",
+           title="Steps rescaled by the number of averaged tokens", ylim=(0, None))
+    ax.legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig
