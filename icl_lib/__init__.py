@@ -57,6 +57,7 @@ from .experiments.gd_comparison import (
     gd_weight_patch,
     one_step_expected_loss,
     optimal_one_step_lr,
+    patch_errors,
 )
 from .experiments.tables import format_table, print_table
 from .experiments.baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
@@ -198,6 +199,7 @@ __all__ = [
     "gd_weight_patch",
     "GDComparison",
     "compare_with_gd",
+    "patch_errors",
     "one_step_expected_loss",
     "optimal_one_step_lr",
 ]

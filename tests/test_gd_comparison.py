@@ -68,13 +68,14 @@ def test_the_implicit_update_is_the_gd_patch_projected_on_the_query():
     assert abs(c.cosine.mean().item() - 2 / math.pi) < 0.06
     # the GD patch is exact at other queries; the implicit one is not
     fresh = torch.randn(200, 5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
-    queries = torch.cat([fresh, torch.zeros(200, 5, 1, dtype=torch.float64)], dim=-1)
-    with torch.no_grad():
-        prompted = block(icl.prompts_with_queries(tasks.tokens[:, :-1], queries))[:, -1].view(200, 5, 3)
-        gd = icl.apply_weight_patch(block, c.gd_patch, queries)
-        implicit = icl.transport_update(block, c.implicit, queries)
-    assert (gd - prompted).abs().max() < 1e-12
-    assert (implicit - prompted).abs().max() > 1e-2
+    implicit, gd = icl.patch_errors(block, c, tasks, fresh)
+    assert implicit.shape == gd.shape == (200, 5)
+    assert gd.max() < 1e-12 and implicit.median() > 1e-2
+    # at the task's own query both are exact
+    own, own_gd = icl.patch_errors(block, c, tasks, tasks.x_query[:, None])
+    assert own.max() < 1e-12 and own_gd.max() < 1e-12
+    with pytest.raises(ValueError):
+        icl.patch_errors(block, c, tasks, fresh[:, :, :1])
 
 
 def test_in_one_dimension_the_two_patches_coincide():

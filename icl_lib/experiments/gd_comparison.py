@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..core.implicit import implicit_update
 from ..core.update import ImplicitUpdate
+from .compression import apply_weight_patch, prompts_with_queries, transport_update
 from .tasks import RegressionBatch
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "gd_weight_patch",
     "GDComparison",
     "compare_with_gd",
+    "patch_errors",
     "one_step_expected_loss",
     "optimal_one_step_lr",
 ]
@@ -162,3 +164,36 @@ def optimal_one_step_lr(dim: int, n_context: int) -> float:
     if dim < 1 or n_context < 1:
         raise ValueError(f"dim and n_context must be positive, got {dim}, {n_context}")
     return n_context / (n_context + dim + 1)
+
+
+def patch_errors(block: nn.Module, comparison: GDComparison, tasks: RegressionBatch,
+                 x_queries: Tensor) -> tuple[Tensor, Tensor]:
+    """Relative errors of the two patches at other queries of the same context.
+
+    At each query ``x′`` (run alone, token ``(x′, 0)``) the patched block is compared with the
+    block on the prompt ``[C, (x′, 0)]``, relative to the context's effect there:
+    ``‖T_{W+P}(x′) − T_W(C, x′)‖ / ‖T_W(C, x′) − T_W(x′)‖`` for ``P = ΔW(C, x)`` (computed at
+    the task's own query) and for ``P = ΔW_GD``. An error of 1 is what ignoring the context gives.
+
+    Args:
+        block: the block ``comparison`` was computed for.
+        comparison: from :func:`compare_with_gd` on ``tasks``.
+        tasks: the ``B`` prompts.
+        x_queries: ``(B, K, d)``, other query inputs for each task.
+
+    Returns:
+        ``(implicit, gd)``, two ``(B, K)`` tensors of relative errors.
+    """
+    b, d = tasks.x_query.shape
+    if not isinstance(x_queries, Tensor) or x_queries.ndim != 3 or x_queries.shape[0] != b or x_queries.shape[2] != d:
+        raise ValueError(f"x_queries must have shape (B, K, d) = ({b}, K, {d})")
+    k = x_queries.shape[1]
+    queries = torch.cat([x_queries, x_queries.new_zeros(b, k, 1)], dim=-1)  # (B, K, D)
+    with torch.no_grad():
+        prompted = block(prompts_with_queries(tasks.tokens[:, :-1], queries))[:, -1].view(b, k, -1)
+        alone = block(queries.reshape(b * k, 1, -1))[:, -1].view(b, k, -1)
+        patched = (transport_update(block, comparison.implicit, queries),
+                   apply_weight_patch(block, comparison.gd_patch, queries))
+    scale = (prompted - alone).norm(dim=-1)
+    implicit, gd = ((p - prompted).norm(dim=-1) / scale for p in patched)
+    return implicit, gd
