@@ -59,6 +59,7 @@ from .experiments.gd_comparison import (
     optimal_one_step_lr,
     patch_errors,
 )
+from .experiments.seed_study import online_protocol_summary
 from .experiments.tables import format_table, print_table
 from .experiments.baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .experiments.compression import (
@@ -202,4 +203,6 @@ __all__ = [
     "patch_errors",
     "one_step_expected_loss",
     "optimal_one_step_lr",
+    # chapter 6: the headline statistics of one trained block, for the seed study
+    "online_protocol_summary",
 ]

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
@@ -212,3 +213,45 @@ def test_masked_diagonal_heatmap_rejects_bad_input(axes):
                                          vmin=0, vmax=1)
     with pytest.raises(ValueError, match="vmin must be below vmax"):
         plotting.masked_diagonal_heatmap(axes, np.zeros((2, 2)), cmap="viridis", vmin=1, vmax=0)
+
+
+# --- chapters 6-10 ---
+
+
+def test_gd_patch_comparison_draws_both_panels():
+
+
+    fig, axes = plt.subplots(1, 2)
+    steps = np.arange(5)
+    plotting.gd_patch_comparison(axes, np.array([0.0, 90.0, 180.0]), np.array([1.0, 0.0, 1.0]), steps,
+                                     {"a": np.ones((4, 5)), "b": 2 * np.ones((4, 5))}, {"a": "C0", "b": "C1"})
+    assert len(axes[0].collections) == 1 and len(axes[1].get_lines()) == 2
+    with pytest.raises(TypeError):
+        plotting.gd_patch_comparison([None, None], [0.0], [1.0], steps, {}, {})
+    plt.close(fig)
+
+
+def test_block_cosine_heatmaps_writes_every_off_diagonal_value():
+
+
+    fig, axes = plt.subplots(1, 2)
+    m = np.array([[1.0, 0.25, -0.5], [0.25, 1.0, 0.0], [-0.5, 0.0, 1.0]])
+    plotting.block_cosine_heatmaps(axes, (m, m), ("x", "y"), label="cos")
+    texts = sorted(t.get_text() for t in axes[0].texts)
+    assert texts == sorted(["+0.25", "-0.50", "+0.25", "+0.00", "-0.50", "+0.00"])
+    with pytest.raises(ValueError):
+        plotting.block_cosine_heatmaps(axes, (m,), ("x", "y"), label="cos")
+    plt.close(fig)
+
+
+def test_precision_gaps_marks_each_epsilon():
+
+
+    fig, axes = plt.subplots(1, 2)
+    gaps = {"float32": np.full((4, 3), 1e-7), "float64": np.full((4, 3), 1e-16)}
+    plotting.precision_gaps(axes, gaps, {k: v[:, 0] for k, v in gaps.items()}, "t")
+    levels = sorted(line.get_ydata()[0] for line in axes[0].get_lines() if line.get_linestyle() == ":")
+    assert levels == [np.finfo(np.float64).eps, np.finfo(np.float32).eps]
+    with pytest.raises(ValueError):
+        plotting.precision_gaps(axes, {"float16": gaps["float32"]}, {"float16": gaps["float32"][:, 0]}, "t")
+    plt.close(fig)

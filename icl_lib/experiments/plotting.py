@@ -43,6 +43,8 @@ __all__ = [
     "error_band",
     "masked_diagonal_heatmap",
     "gd_patch_comparison",
+    "block_cosine_heatmaps",
+    "precision_gaps",
 ]
 
 # Colours: the prompted path in blue, the query-alone path in grey, the patched parts in red.
@@ -461,3 +463,79 @@ def gd_patch_comparison(axes: Sequence[Axes], angle: object, cosine: object, ste
     right.set_xticks(ticks, [str(t) for t in ticks])
     right.minorticks_off()
     right.legend(fontsize=9, loc="lower left")
+
+
+def block_cosine_heatmaps(axes: Sequence[Axes], matrices: Sequence[object], titles: Sequence[str], *,
+                          label: str) -> None:
+    """Chapter 8: square matrices of cosines between blocks, one per axes, values written in.
+
+    Each matrix ``(L, L)`` is drawn by :func:`masked_diagonal_heatmap` on the scale ``[-1, 1]``
+    (its diagonal, a block with itself, masked in grey), every off-diagonal entry is written in
+    its cell with a sign and two decimals, the ticks count blocks from 1, and one colour bar
+    labelled ``label`` serves all panels.
+
+    Args:
+        axes: one matplotlib ``Axes`` per matrix, all on one figure.
+        matrices: ``(L, L)`` tensors or arrays.
+        titles: one title per matrix.
+        label: the colour bar's label.
+    """
+    if not len(axes) == len(matrices) == len(titles) or len(axes) == 0:
+        raise ValueError("axes, matrices and titles must be non-empty and of one length")
+    image = None
+    for ax, matrix, title in zip(axes, matrices, titles):
+        values = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
+        image = masked_diagonal_heatmap(ax, values, cmap="RdBu_r", vmin=-1, vmax=1, bad="0.85")
+        depth = values.shape[0]
+        for a in range(depth):
+            for b in range(depth):
+                if a != b:
+                    ax.text(b, a, f"{values[a, b]:+.2f}", ha="center", va="center", fontsize=9,
+                            color="white" if abs(values[a, b]) > 0.6 else "black")
+        ticks = [str(i + 1) for i in range(depth)]
+        ax.set(title=title, xticks=range(depth), xticklabels=ticks, yticks=range(depth),
+               yticklabels=ticks, xlabel="block")
+    axes[0].set_ylabel("block")
+    axes[0].figure.colorbar(image, ax=list(axes), shrink=0.8, label=label)
+
+
+def precision_gaps(axes: Sequence[Axes], per_block: dict[str, object], network: dict[str, object],
+                   title: str, *, unit: str = "block", network_label: str = "read-out (3 coordinates)") -> None:
+    """Chapter 7: gaps between prompted and patched outputs, per block and for the whole network.
+
+    Mean ± standard error over tasks, for each precision in ``per_block`` (``"float32"`` and/or
+    ``"float64"``), with that precision's machine epsilon as a dotted line: the per-block gaps on
+    ``axes[0]`` and the whole-network gap on ``axes[1]`` (different vectors, so separate axes).
+
+    Args:
+        axes: two matplotlib ``Axes``.
+        per_block: precision name -> ``(tasks, depth)`` gaps.
+        network: precision name -> ``(tasks,)`` gaps of the network's output.
+        title: of ``axes[0]``.
+        unit: what a block is called on the axis ("block", "layer").
+        network_label: what the network gap measures, for ``axes[1]``'s label.
+    """
+    styles = {"float32": ("o", "C0", -0.1), "float64": ("s", "C1", 0.1)}
+    unknown = set(per_block) - set(styles)
+    if unknown or set(per_block) != set(network):
+        raise ValueError(f"per_block and network need the same keys among {sorted(styles)}")
+    depth = None
+    for name in per_block:
+        marker, color, offset = styles[name]
+        values_block = np.asarray(per_block[name], dtype=float)
+        depth = values_block.shape[1]
+        panels = ((axes[0], values_block, np.arange(depth)),
+                  (axes[1], np.asarray(network[name], dtype=float)[:, None], np.array([0])))
+        for ax, values, at in panels:
+            mean = values.mean(0)
+            sem = values.std(0, ddof=1) / np.sqrt(len(values))
+            ax.errorbar(at + offset, mean, yerr=sem, fmt=marker, color=color, capsize=4, label=name)
+            ax.axhline(float(np.finfo(name).eps), color=color, ls=":", lw=1)
+    axes[0].set_xticks(range(depth), [f"{unit} {i + 1}" for i in range(depth)])
+    axes[1].set_xticks([0], ["network"])
+    axes[1].set_xlim(-0.6, 0.6)
+    for ax in axes:
+        ax.set(yscale="log", ylim=(1e-17, 1e-4))
+        ax.grid(axis="y", which="major", color="0.9")
+    axes[0].set(title=title, ylabel=f"{unit} output (residual stream)\n‖with context − patched‖")
+    axes[1].set(title="whole network", ylabel=f"{network_label}\n‖with context − patched‖")
