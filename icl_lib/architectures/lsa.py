@@ -11,7 +11,7 @@ tokens read so far. Causal, so ``A(x) = x + (1/N) W_V x (xᵀ W_Kᵀ W_Q x)`` on
 
 :func:`gd_linear_attention` sets the weights so that, on regression tokens ``z_j = (x_j, y_j)``
 and the query ``(x_q, 0)``, the layer's output at the query is ``(x_q, ⟨w₁, x_q⟩)``, with
-``w₁ = (η/N) Σ_j y_j x_j`` the weights after one gradient step of rate ``η`` from ``w = 0`` on
+``w₁ = (ν/N) Σ_j y_j x_j`` the weights after one gradient step of rate ``ν`` from ``w = 0`` on
 ``L(w) = 1/(2N) Σ_j (⟨w, x_j⟩ − y_j)²`` (see :func:`icl_lib.gd_step`).
 """
 
@@ -66,13 +66,13 @@ def gd_linear_attention(d: int, lr: float, n_context: int, dtype: torch.dtype = 
     """The layer whose output at the query is the prediction after one gradient step from ``w = 0``.
 
     Tokens have width ``D = d + 1``. With ``P = [[I_d, 0], [0, 0]]`` (the projection on the
-    inputs) and ``e = e_D`` (the label coordinate): ``W_Q = W_K = P`` and ``W_V = η e eᵀ``. Then
-    ``q_t · k_s = ⟨x_t, x_s⟩`` and ``W_V z_s = η y_s e``; the query's own value is 0 (its label is
-    0), so ``A(C, x)_q = (x_q, (η/N) Σ_j y_j ⟨x_j, x_q⟩) = (x_q, ⟨w₁, x_q⟩)``, and ``A(x) = (x_q, 0)``.
+    inputs) and ``e = e_D`` (the label coordinate): ``W_Q = W_K = P`` and ``W_V = ν e eᵀ``. Then
+    ``q_t · k_s = ⟨x_t, x_s⟩`` and ``W_V z_s = ν y_s e``; the query's own value is 0 (its label is
+    0), so ``A(C, x)_q = (x_q, (ν/N) Σ_j y_j ⟨x_j, x_q⟩) = (x_q, ⟨w₁, x_q⟩)``, and ``A(x) = (x_q, 0)``.
 
     Args:
         d: input dimension (``d ≥ 1``).
-        lr: the step size ``η`` (finite).
+        lr: the step size ``ν`` (finite).
         n_context: ``N``, the number of context examples the step averages over.
         dtype: of the weights.
     """

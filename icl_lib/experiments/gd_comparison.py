@@ -2,7 +2,7 @@
 
 For a block ``T_W = M_W ∘ A`` whose contextual layer is :func:`icl_lib.gd_linear_attention`,
 the layer's output at the query is ``A(C, x) = (x_q, ⟨Δw, x_q⟩)`` and ``A(x) = (x_q, 0)``, where
-``Δw = (η/N) Σ_j y_j x_j`` is one gradient step on the regression weights from ``w = 0``
+``Δw = (ν/N) Σ_j y_j x_j`` is one gradient step on the regression weights from ``w = 0``
 (von Oswald et al., 2023). Two rank-1 patches of the MLP's first weight ``W (H, D)`` follow,
 with the same left factor ``u = W e_D`` (the column of ``W`` that reads the label coordinate):
 
@@ -42,12 +42,12 @@ __all__ = [
 def gd_step(x_context: Tensor, y_context: Tensor, lr: float, w0: Tensor | None = None) -> Tensor:
     """One gradient step on ``L(w) = 1/(2N) Σ_j (⟨w, x_j⟩ − y_j)²`` for each task.
 
-    ``w₁ = w₀ − η ∇L(w₀) = w₀ + (η/N) Σ_j (y_j − ⟨w₀, x_j⟩) x_j``.
+    ``w₁ = w₀ − ν ∇L(w₀) = w₀ + (ν/N) Σ_j (y_j − ⟨w₀, x_j⟩) x_j``.
 
     Args:
         x_context: ``(B, N, d)`` inputs, ``N ≥ 1``.
         y_context: ``(B, N)`` labels.
-        lr: the step size ``η``.
+        lr: the step size ``ν``.
         w0: ``(B, d)`` starting weights; default zero.
 
     Returns:
@@ -124,7 +124,7 @@ def compare_with_gd(block: nn.Module, tasks: RegressionBatch, lr: float) -> GDCo
             (:func:`icl_lib.gd_linear_attention`); nothing here assumes it does: ``projected``
             equals ``delta_W`` only if it does.
         tasks: regression prompts, tokens of width ``d + 1``.
-        lr: ``η``, the rate of the step the layer is meant to take.
+        lr: ``ν``, the rate of the step the layer is meant to take.
     """
     if not isinstance(tasks, RegressionBatch):
         raise TypeError(f"tasks must be an icl_lib.RegressionBatch, got {type(tasks).__name__}")
@@ -150,9 +150,9 @@ def compare_with_gd(block: nn.Module, tasks: RegressionBatch, lr: float) -> GDCo
 def one_step_expected_loss(dim: int, n_context: int, lr: float) -> float:
     """Expected loss ``½ E(⟨w₁, x_q⟩ − y_q)²`` of one gradient step from ``w = 0``.
 
-    For the book's task (``x_j, x_q, w ~ N(0, I_d)``, noiseless labels), ``w₁ = η S w`` with
+    For the book's task (``x_j, x_q, w ~ N(0, I_d)``, noiseless labels), ``w₁ = ν S w`` with
     ``S = (1/N) Σ_j x_j x_jᵀ``, ``E S = I`` and ``E S² = (1 + (d + 1)/N) I``, so the loss is
-    ``½ d (η² (1 + (d + 1)/N) − 2η + 1)``.
+    ``½ d (ν² (1 + (d + 1)/N) − 2ν + 1)``.
     """
     if dim < 1 or n_context < 1:
         raise ValueError(f"dim and n_context must be positive, got {dim}, {n_context}")
@@ -160,7 +160,7 @@ def one_step_expected_loss(dim: int, n_context: int, lr: float) -> float:
 
 
 def optimal_one_step_lr(dim: int, n_context: int) -> float:
-    """The step size that minimises :func:`one_step_expected_loss`: ``η* = N / (N + d + 1)``."""
+    """The step size that minimises :func:`one_step_expected_loss`: ``ν* = N / (N + d + 1)``."""
     if dim < 1 or n_context < 1:
         raise ValueError(f"dim and n_context must be positive, got {dim}, {n_context}")
     return n_context / (n_context + dim + 1)
@@ -171,9 +171,10 @@ def patch_errors(block: nn.Module, comparison: GDComparison, tasks: RegressionBa
     """Relative errors of the two patches at other queries of the same context.
 
     At each query ``x′`` (run alone, token ``(x′, 0)``) the patched block is compared with the
-    block on the prompt ``[C, (x′, 0)]``, relative to the context's effect there:
-    ``‖T_{W+P}(x′) − T_W(C, x′)‖ / ‖T_W(C, x′) − T_W(x′)‖`` for ``P = ΔW(C, x)`` (computed at
-    the task's own query) and for ``P = ΔW_GD``. An error of 1 is what ignoring the context gives.
+    block on the prompt ``[C, (x′, 0)]``, relative to the size of the context's effect on this
+    task's queries: ``‖T_{W+P}(x′) − T_W(C, x′)‖ / s`` with ``s² = mean_k ‖T_W(C, x′_k) − T_W(x′_k)‖²``
+    over the task's ``K`` queries, for ``P = ΔW(C, x)`` (computed at the task's own query) and
+    for ``P = ΔW_GD``. Ignoring the context has an error of 1 on this scale, in the mean square.
 
     Args:
         block: the block ``comparison`` was computed for.
@@ -194,6 +195,6 @@ def patch_errors(block: nn.Module, comparison: GDComparison, tasks: RegressionBa
         alone = block(queries.reshape(b * k, 1, -1))[:, -1].view(b, k, -1)
         patched = (transport_update(block, comparison.implicit, queries),
                    apply_weight_patch(block, comparison.gd_patch, queries))
-    scale = (prompted - alone).norm(dim=-1)
+    scale = (prompted - alone).pow(2).sum(-1).mean(-1, keepdim=True).sqrt()  # (B, 1)
     implicit, gd = ((p - prompted).norm(dim=-1) / scale for p in patched)
     return implicit, gd
