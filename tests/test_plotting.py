@@ -255,3 +255,41 @@ def test_precision_gaps_marks_each_epsilon():
     with pytest.raises(ValueError):
         plotting.precision_gaps(axes, {"float16": gaps["float32"]}, {"float16": gaps["float32"][:, 0]}, "t")
     plt.close(fig)
+
+
+def test_chapter_figure_helpers_draw_what_they_are_given():
+    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(1, 2)
+    curves = {"a": rng.random((5, 11)), "b": rng.random((5, 11))}
+    plotting.online_protocol_curves(axes, curves, {"a": ("C0", "-"), "b": ("C1", "--")},
+                                    {"a": "A", "b": "B"}, n_train=5)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["A", "B"]
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2)
+    at = np.array([1, 2, 5])
+    cosines = {"x": (at, rng.random((4, 3))), "y": (np.arange(1, 11), rng.random((4, 10)))}
+    plotting.alignment_readings(axes, cosines, {"x": (rng.random((4, 3)), rng.random((4, 3)))},
+                                {"x": "C0", "y": "C1"}, {"x": "X", "y": "Y"}, n_marked=3)
+    assert len(axes[1].get_lines()) == 2 + 2 + 1  # two factors, two legend keys, the zero line
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2)
+    static = {k: rng.random(4) for k in ("median", "q25", "q75", "sigma2", "sigma3")}
+    plotting.static_patch_curves(axes, [1, 2, 3, 4], static, {"ref": 0.5}, {"ref": {"color": "k"}},
+                                 token_width=3)
+    assert any(t.get_text() == "Q = D = 3" for t in axes[0].texts)
+    plt.close(fig)
+
+    class Fit:
+        exponent = -1.0
+
+        def __call__(self, i):
+            return 1 / i
+
+    fig, ax = plt.subplots()
+    steps = np.arange(6)
+    plotting.step_size_fits(ax, steps, {"s": rng.random((3, 6)) + 0.5}, {"s": Fit()}, {"s": 0.1},
+                            {"s": "C0"}, fit_from=2)
+    assert "-1.00" in ax.get_legend().get_texts()[0].get_text()
+    plt.close(fig)

@@ -45,6 +45,10 @@ __all__ = [
     "gd_patch_comparison",
     "block_cosine_heatmaps",
     "precision_gaps",
+    "online_protocol_curves",
+    "alignment_readings",
+    "static_patch_curves",
+    "step_size_fits",
 ]
 
 # Colours: the prompted path in blue, the query-alone path in grey, the patched parts in red.
@@ -539,3 +543,165 @@ def precision_gaps(axes: Sequence[Axes], per_block: dict[str, object], network: 
         ax.grid(axis="y", which="major", color="0.9")
     axes[0].set(title=title, ylabel=f"{unit} output (residual stream)\n‖with context − patched‖")
     axes[1].set(title="whole network", ylabel=f"{network_label}\n‖with context − patched‖")
+
+
+def _numpy(values: object) -> np.ndarray:
+    """A tensor or array as a NumPy array (on the CPU, no gradient)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def online_protocol_curves(axes: Sequence[Axes], curves: dict[str, object], styles: dict[str, tuple[str, str]],
+                           labels: dict[str, str], *, n_train: int) -> None:
+    """Chapter 6: test loss against the number of examples ``i``, in context and by online SGD.
+
+    Left, the mean ± standard error over tasks (v1's statistic); right, the median and the
+    interquartile range. Log scale, ``i = 0..N``, with a dotted line at the training length.
+
+    Args:
+        axes: two matplotlib ``Axes`` (sharing their y axis).
+        curves: name -> ``(tasks, N + 1)`` test losses.
+        styles: name -> ``(colour, line style)``; labels: name -> legend text.
+        n_train: the context length the block was trained at.
+    """
+    left, right = axes
+    for name, loss in curves.items():
+        values = _numpy(loss).astype(float)
+        x = np.arange(values.shape[1])
+        color, ls = styles[name]
+        mean, sem = values.mean(0), values.std(0, ddof=1) / np.sqrt(len(values))
+        error_band(left, x, mean, sem, color=color, ls=ls, label=labels[name], alpha=0.2)
+        low, mid, high = np.quantile(values, [0.25, 0.5, 0.75], axis=0)
+        right.plot(x, mid, color=color, ls=ls, label=labels[name])
+        right.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+    for ax in (left, right):
+        ax.axvline(n_train, color="0.6", ls=":", lw=1)
+        ax.set(yscale="log", xlabel="GD steps / context length $i$", xlim=(0, x[-1]))
+    left.text(n_train + 1, 0.9, "training\nlength", color="0.4", fontsize=9, va="top")
+    left.set(ylabel=r"test loss $\frac{1}{2}(\hat y - y_q)^2$",
+             title=f"(a) mean ± s.e. over {len(values)} tasks (v1's statistic)")
+    right.set(title="(b) median and interquartile range")
+    left.legend(fontsize=9, loc="lower left")
+
+
+def alignment_readings(axes: Sequence[Axes], cosines: dict[str, tuple[object, object]],
+                       factors: dict[str, tuple[object, object]], colors: dict[str, str],
+                       labels: dict[str, str], *, n_marked: int) -> None:
+    """Chapter 6: the readings of the alignment, and the two factors of the first four.
+
+    Left, each reading's ``cos_F`` (mean ± s.e. over tasks) against ``i``; right, for the readings
+    in ``factors``, the cosine at the query (solid) and the share along ``a`` (dotted). A reading
+    measured at ``n_marked`` values of ``i`` gets markers; one figure legend below the panels.
+
+    Args:
+        axes: two matplotlib ``Axes`` on one figure.
+        cosines: name -> ``(i values (n,), cosines (tasks, n))``.
+        factors: name -> ``(cosine at the query, share)``, each ``(tasks, n)``.
+        colors, labels: name -> colour and legend text.
+        n_marked: the number of ``i`` values that marks a reading measured at a few ``i``.
+    """
+    left, right = axes
+    for name, (at, values) in cosines.items():
+        at, values = _numpy(at), _numpy(values).astype(float)
+        marker = "o" if len(at) == n_marked else None
+        sem = values.std(0, ddof=1) / np.sqrt(len(values))
+        error_band(left, at, values.mean(0), sem, color=colors[name], marker=marker, ms=4,
+                   label=labels[name], alpha=0.2)
+        if name in factors:
+            cosine, share = (_numpy(f).astype(float) for f in factors[name])
+            right.plot(at, cosine.mean(0), color=colors[name], marker=marker, ms=4)
+            right.plot(at, share.mean(0), color=colors[name], ls=":", lw=1.5)
+    n_tasks = len(values)
+    for ax in (left, right):
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xscale="log", xlabel="examples $i$", ylim=(-0.3, 1.05))
+    left.set(ylabel=rf"$\cos_F$ (mean ± s.e., {n_tasks} tasks)",
+             title=f"(a) {len(cosines)} readings of the alignment")
+    right.plot([], [], color="0.3", label=r"cosine at the query, $\cos(Fa, u)$")
+    right.plot([], [], color="0.3", ls=":", label=r"share along $a$, $\|F\hat a\| / \|F\|_F$")
+    right.set(ylabel=f"mean over {n_tasks} tasks",
+              title=rf"(b) readings 1–{len(factors)}: the factors of $\cos_F(F, \Delta W_i)$")
+    right.legend(fontsize=8, loc="lower right")
+    left.figure.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9)
+
+
+def static_patch_curves(axes: Sequence[Axes], sizes: Sequence[int], static: dict[str, object],
+                        references: dict[str, float], styles: dict[str, dict[str, str]], *,
+                        token_width: int) -> None:
+    """Chapter 10: the static patch's test loss and singular values against ``Q``.
+
+    Left, the median test loss per context (line) and its interquartile range (band) against
+    the number of calibration queries ``Q``, with horizontal lines for the ``references``
+    (medians) and a mark at ``Q = D``; right, the mean ``σ₂/σ₁`` and ``σ₃/σ₁`` of the patches.
+
+    Args:
+        axes: two matplotlib ``Axes``.
+        sizes: the values of ``Q``.
+        static: ``"median"``, ``"q25"``, ``"q75"``, ``"sigma2"``, ``"sigma3"``: one value per ``Q``.
+        references: name -> a median test loss drawn as a horizontal line.
+        styles: name -> keyword arguments of those lines (``color``, ``ls``).
+        token_width: ``D``, where the rank saturates.
+    """
+    left, right = axes
+    left.fill_between(sizes, static["q25"], static["q75"], color="C2", alpha=0.2, lw=0,
+                      label="interquartile range over contexts")
+    left.plot(sizes, static["median"], color="C2", marker="o", ms=4, lw=1.5,
+              label=r"static patch $\Delta W_{\mathrm{LS}}$ (median)")
+    for name, value in references.items():
+        left.axhline(value, lw=1.2, label=f"{name} (median)", **styles[name])
+    left.axvline(token_width, color="0.6", lw=0.8)
+    left.text(token_width * 1.05, 2.0, f"Q = D = {token_width}", color="0.4", fontsize=9)
+    left.set(xscale="log", yscale="log", xlabel="calibration queries Q",
+             ylabel="test loss per context, 200 contexts", ylim=(0.005, 40),
+             title="(a) one patch per context, fitted on Q queries")
+    left.legend(fontsize=8, loc="upper right", framealpha=0.95)
+    for key, ls in (("sigma2", "--"), ("sigma3", ":")):
+        k = key[-1]
+        right.plot(sizes, static[key], color="C7", ls=ls, lw=1.5, marker="o", ms=3,
+                   label=rf"$\sigma_{k}/\sigma_1$")
+    right.set(xscale="log", xlabel="calibration queries Q",
+              ylabel="singular-value ratio (mean over contexts)", ylim=(0, 0.55),
+              title=rf"(b) singular values of $\Delta W_{{\mathrm{{LS}}}}$, rank min(Q, {token_width})")
+    right.legend(fontsize=9, loc="center right")
+    for axis in (left, right):
+        axis.set_xticks([1, 3, 10, 30, 100, 500], ["1", "3", "10", "30", "100", "500"])
+
+
+def step_size_fits(ax: Axes, steps: object, increments: dict[str, object], fits: dict[str, object],
+                   spreads: dict[str, float], colors: dict[str, str], *, fit_from: int) -> None:
+    """Chapter 9: the implicit step sizes of several blocks, their power-law fits and ``1/i``.
+
+    Mean ± s.e. over tasks of ``‖W_{i+1} − W_i‖_F`` against ``i ≥ 1`` on log–log axes, each
+    block's fitted power law (dashed, from ``fit_from`` on, exponent ± bootstrap s.e. in the
+    legend), and a dotted ``1/i`` line through the first block's mean at ``fit_from``.
+
+    Args:
+        ax: the axes.
+        steps: ``(N,)`` step indices ``i``.
+        increments: name -> ``(tasks, N)`` step sizes.
+        fits: name -> a fit with ``.exponent`` that is callable on ``i`` (:class:`icl_lib.PowerLawFit`).
+        spreads: name -> the exponent's standard error; colors: name -> colour.
+        fit_from: the first ``i`` of the fits.
+    """
+    i = _numpy(steps)
+    shown = i >= 1  # i = 0 is off the log axis
+    for name, inc in increments.items():
+        values = _numpy(inc).astype(float)
+        mean, sem = values.mean(0), values.std(0, ddof=1) / np.sqrt(len(values))
+        exponent = f"$\\kappa = {fits[name].exponent:.2f} \\pm {spreads[name]:.2f}$"
+        error_band(ax, i[shown], mean[shown], sem[shown], color=colors[name], marker="o", ms=3,
+                   lw=1.2, label=f"{name}: {exponent}")
+        fitted = i[i >= fit_from]
+        ax.plot(fitted, fits[name](fitted), color=colors[name], ls="--", lw=1)
+    first = _numpy(next(iter(increments.values()))).astype(float).mean(0)
+    ax.plot(i[shown], first[fit_from] * fit_from / i[shown], color="k", ls=":", lw=1.2, label=r"$\propto 1/i$")
+    ax.set(xscale="log", yscale="log", xlabel="context tokens absorbed before the step, $i$",
+           ylabel=r"$\|W_{i+1} - W_i\|_F$",
+           title=f"Size of each implicit step ({len(_numpy(next(iter(increments.values()))))} "
+                 "tasks, mean ± s.e.; dashed: fits)")
+    ticks = [1, 2, 3, 5, 10, 19]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks([0.2, 0.5, 1, 2], ["0.2", "0.5", "1", "2"])
+    ax.minorticks_off()
+    ax.legend(fontsize=9, loc="lower left")
