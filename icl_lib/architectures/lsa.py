@@ -4,10 +4,10 @@ The layer of von Oswald et al. (2023, "Transformers learn in-context by gradient
 Ahn et al. (2023): attention without softmax and without a normaliser, with the residual
 connection inside the layer,
 
-    A(z)_t = z_t + (1/N) Σ_{s≤t} W_V z_s (z_sᵀ W_Kᵀ W_Q z_t),
+    A(z)_t = z_t + (1/N) Σ_{s≤t} W_v z_s (z_sᵀ W_kᵀ W_q z_t),
 
 where ``N`` is a fixed number (the context length the layer is built for), not the number of
-tokens read so far. Causal, so ``A(x) = x + (1/N) W_V x (xᵀ W_Kᵀ W_Q x)`` on the query alone.
+tokens read so far. Causal, so ``A(x) = x + (1/N) W_v x (xᵀ W_kᵀ W_q x)`` on the query alone.
 
 :func:`gd_linear_attention` sets the weights so that, on regression tokens ``z_j = (x_j, y_j)``
 and the query ``(x_q, 0)``, the layer's output at the query is ``(x_q, ⟨w₁, x_q⟩)``, with
@@ -26,7 +26,7 @@ __all__ = ["LinearSelfAttention", "gd_linear_attention"]
 class LinearSelfAttention(nn.Module):
     """Causal linear self-attention with no normaliser and the residual inside the layer.
 
-    ``A(z)_t = z_t + (1/N) Σ_{s≤t} W_V z_s (z_sᵀ W_Kᵀ W_Q z_t)``, one head of width ``dim``,
+    ``A(z)_t = z_t + (1/N) Σ_{s≤t} W_v z_s (z_sᵀ W_kᵀ W_q z_t)``, one head of width ``dim``,
     no biases. Absent tokens (``keep = False``) are left out of the sums, so every kept
     position's output is the layer's output on the shorter sequence (``N`` stays fixed).
 
@@ -66,8 +66,8 @@ def gd_linear_attention(d: int, lr: float, n_context: int, dtype: torch.dtype = 
     """The layer whose output at the query is the prediction after one gradient step from ``w = 0``.
 
     Tokens have width ``D = d + 1``. With ``P = [[I_d, 0], [0, 0]]`` (the projection on the
-    inputs) and ``e = e_D`` (the label coordinate): ``W_Q = W_K = P`` and ``W_V = ν e eᵀ``. Then
-    ``q_t · k_s = ⟨x_t, x_s⟩`` and ``W_V z_s = ν y_s e``; the query's own value is 0 (its label is
+    inputs) and ``e = e_D`` (the label coordinate): ``W_q = W_k = P`` and ``W_v = ν e eᵀ``. Then
+    ``q_t · k_s = ⟨x_t, x_s⟩`` and ``W_v z_s = ν y_s e``; the query's own value is 0 (its label is
     0), so ``A(C, x)_q = (x_q, (ν/N) Σ_j y_j ⟨x_j, x_q⟩) = (x_q, ⟨w₁, x_q⟩)``, and ``A(x) = (x_q, 0)``.
 
     Args:

@@ -4,12 +4,13 @@ For a block ``T_W = M_W ∘ A`` whose contextual layer is :func:`icl_lib.gd_line
 the layer's output at the query is ``A(C, x) = (x_q, ⟨Δw, x_q⟩)`` and ``A(x) = (x_q, 0)``, where
 ``Δw = (ν/N) Σ_j y_j x_j`` is one gradient step on the regression weights from ``w = 0``
 (von Oswald et al., 2023). Two rank-1 patches of the MLP's first weight ``W (H, D)`` follow,
-with the same left factor ``u = W e_D`` (the column of ``W`` that reads the label coordinate):
+both multiples on the left of ``W_{:,D}``, the last column of ``W`` (the one that reads the label
+coordinate):
 
-* the **GD patch** ``ΔW_GD = u [Δw; 0]ᵀ``, exact at *every* query, since
+* the **GD patch** ``ΔW_GD = W_{:,D} [Δw; 0]ᵀ``, exact at *every* query, since
   ``(W + ΔW_GD)(x′, 0) = W (x′, ⟨Δw, x′⟩) = W A(C, x′)``;
 * the theorem's **implicit update** ``ΔW = W (A(C,x) − A(x)) A(x)ᵀ/‖A(x)‖²``
-  ``= u ⟨Δw, x_q⟩ [x_q; 0]ᵀ/‖x_q‖² = ΔW_GD Π_q``, with ``Π_q`` the projection on ``(x_q, 0)``.
+  ``= W_{:,D} ⟨Δw, x_q⟩ [x_q; 0]ᵀ/‖x_q‖² = ΔW_GD Π_q``, with ``Π_q`` the projection on ``(x_q, 0)``.
 
 So the implicit update is the GD patch with its right factor projected on the query:
 ``cos(ΔW, ΔW_GD) = ‖ΔW‖/‖ΔW_GD‖ = |cos ∠(x_q, Δw)|``. :func:`compare_with_gd` computes both
@@ -67,7 +68,9 @@ def gd_step(x_context: Tensor, y_context: Tensor, lr: float, w0: Tensor | None =
 
 
 def gd_weight_patch(W: Tensor, step: Tensor) -> Tensor:
-    """``ΔW_GD = u [Δw; 0]ᵀ`` with ``u = W e_D``: the weight patch that adds ``⟨Δw, x′⟩`` to the label coordinate.
+    """``ΔW_GD = W_{:,D} [Δw; 0]ᵀ``: the weight patch that adds ``⟨Δw, x′⟩`` to the label coordinate.
+
+    ``W_{:,D}`` is the last column of ``W``, the one that reads the label coordinate.
 
     Args:
         W: ``(H, D)``, the MLP's first weight, ``D = d + 1``.
@@ -172,8 +175,8 @@ def patch_errors(block: nn.Module, comparison: GDComparison, tasks: RegressionBa
 
     At each query ``x′`` (run alone, token ``(x′, 0)``) the patched block is compared with the
     block on the prompt ``[C, (x′, 0)]``, relative to the size of the context's effect on this
-    task's queries: ``‖T_{W+P}(x′) − T_W(C, x′)‖ / s`` with ``s² = mean_k ‖T_W(C, x′_k) − T_W(x′_k)‖²``
-    over the task's ``K`` queries, for ``P = ΔW(C, x)`` (computed at the task's own query) and
+    task's queries: ``‖T_{W+P}(x′) − T_W(C, x′)‖ / s`` with
+    ``s² = mean_k ‖T_W(C, x′_k) − T_W(x′_k)‖²`` over the task's ``K`` queries, for ``P = ΔW(C, x)`` (computed at the task's own query) and
     for ``P = ΔW_GD``. Ignoring the context has an error of 1 on this scale, in the mean square.
 
     Args:

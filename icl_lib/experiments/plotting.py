@@ -473,10 +473,11 @@ def block_cosine_heatmaps(axes: Sequence[Axes], matrices: Sequence[object], titl
                           label: str) -> None:
     """Chapter 8: square matrices of cosines between blocks, one per axes, values written in.
 
-    Each matrix ``(L, L)`` is drawn by :func:`masked_diagonal_heatmap` on the scale ``[-1, 1]``
-    (its diagonal, a block with itself, masked in grey), every off-diagonal entry is written in
-    its cell with a sign and two decimals, the ticks count blocks from 1, and one colour bar
-    labelled ``label`` serves all panels.
+    Each matrix ``(L, L)`` is drawn by
+    :func:`icl_lib.experiments.plotting.masked_diagonal_heatmap` on the scale ``[-1, 1]`` (its
+    diagonal, a block with itself, masked in grey), every off-diagonal entry is written in its
+    cell with a sign and two decimals, the ticks count blocks from 1, and one colour bar labelled
+    ``label`` serves all panels.
 
     Args:
         axes: one matplotlib ``Axes`` per matrix, all on one figure.
