@@ -24,6 +24,7 @@ from .architectures import families
 from .architectures.blocks import MLP, Block, Transformer
 from .architectures.causal_lm import Continuation, greedy_continuation, patch_contributions
 from .architectures.contextual import LinearAttention, RecurrentLayer, SelfAttention
+from .architectures.lsa import LinearSelfAttention, gd_linear_attention
 from .architectures.families import DecoderFamily, norms_in_model_dtype, register_family, supported_families
 from .architectures.pretrained import PRETRAINED, PretrainedModel, load_gemma3_270m, load_pretrained, load_smollm2
 from .core.analysis import (
@@ -49,6 +50,16 @@ from .core.trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_tra
 from .core.update import ImplicitUpdate
 from .experiments import fewshot, lm_compression, plotting, proofs
 from .experiments.glue import glue
+from .experiments.gd_comparison import (
+    GDComparison,
+    compare_with_gd,
+    gd_step,
+    gd_weight_patch,
+    one_step_expected_loss,
+    optimal_one_step_lr,
+    patch_errors,
+)
+from .experiments.seed_study import online_protocol_summary
 from .experiments.tables import format_table, print_table
 from .experiments.baselines import least_squares_expected_loss, least_squares_predict, zero_predictor_loss
 from .experiments.compression import (
@@ -188,4 +199,16 @@ __all__ = [
     # --- chapters 1-5 ---
     "SeedSpread",
     "over_seeds",
+    # chapter 9: linear self-attention that takes one gradient step (von Oswald et al.)
+    "LinearSelfAttention",
+    "gd_linear_attention",
+    "gd_step",
+    "gd_weight_patch",
+    "GDComparison",
+    "compare_with_gd",
+    "patch_errors",
+    "one_step_expected_loss",
+    "optimal_one_step_lr",
+    # chapter 6: the headline statistics of one trained block, for the seed study
+    "online_protocol_summary",
 ]

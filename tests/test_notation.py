@@ -62,7 +62,7 @@ LOCAL: dict[str, str] = {
     "t": "a position or scale, defined where used", "O": "big-O",
     "g": "a left factor or gradient factor in one proof or exercise (ch. 6), defined there",
     "U": "an orthonormal basis in one exercise, defined there",
-    "\\Sigma": "a covariance in one exercise (ch. 5), defined there",
+    "\\Sigma": "a covariance, defined where used (an exercise of ch. 5; \\hat\\Sigma in ch. 9)",
     "\\gamma": "the rows of Gamma in one derivation (ch. 2), defined there",
     "\\beta": "a LayerNorm shift in one exercise, defined there",
     "\\epsilon": "a LayerNorm epsilon, defined where used",

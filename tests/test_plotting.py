@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
@@ -212,3 +213,83 @@ def test_masked_diagonal_heatmap_rejects_bad_input(axes):
                                          vmin=0, vmax=1)
     with pytest.raises(ValueError, match="vmin must be below vmax"):
         plotting.masked_diagonal_heatmap(axes, np.zeros((2, 2)), cmap="viridis", vmin=1, vmax=0)
+
+
+# --- chapters 6-10 ---
+
+
+def test_gd_patch_comparison_draws_both_panels():
+
+
+    fig, axes = plt.subplots(1, 2)
+    steps = np.arange(5)
+    plotting.gd_patch_comparison(axes, np.array([0.0, 90.0, 180.0]), np.array([1.0, 0.0, 1.0]), steps,
+                                     {"a": np.ones((4, 5)), "b": 2 * np.ones((4, 5))}, {"a": "C0", "b": "C1"})
+    assert len(axes[0].collections) == 1 and len(axes[1].get_lines()) == 2
+    with pytest.raises(TypeError):
+        plotting.gd_patch_comparison([None, None], [0.0], [1.0], steps, {}, {})
+    plt.close(fig)
+
+
+def test_block_cosine_heatmaps_writes_every_off_diagonal_value():
+
+
+    fig, axes = plt.subplots(1, 2)
+    m = np.array([[1.0, 0.25, -0.5], [0.25, 1.0, 0.0], [-0.5, 0.0, 1.0]])
+    plotting.block_cosine_heatmaps(axes, (m, m), ("x", "y"), label="cos")
+    texts = sorted(t.get_text() for t in axes[0].texts)
+    assert texts == sorted(["+0.25", "-0.50", "+0.25", "+0.00", "-0.50", "+0.00"])
+    with pytest.raises(ValueError):
+        plotting.block_cosine_heatmaps(axes, (m,), ("x", "y"), label="cos")
+    plt.close(fig)
+
+
+def test_precision_gaps_marks_each_epsilon():
+
+
+    fig, axes = plt.subplots(1, 2)
+    gaps = {"float32": np.full((4, 3), 1e-7), "float64": np.full((4, 3), 1e-16)}
+    plotting.precision_gaps(axes, gaps, {k: v[:, 0] for k, v in gaps.items()}, "t")
+    levels = sorted(line.get_ydata()[0] for line in axes[0].get_lines() if line.get_linestyle() == ":")
+    assert levels == [np.finfo(np.float64).eps, np.finfo(np.float32).eps]
+    with pytest.raises(ValueError):
+        plotting.precision_gaps(axes, {"float16": gaps["float32"]}, {"float16": gaps["float32"][:, 0]}, "t")
+    plt.close(fig)
+
+
+def test_chapter_figure_helpers_draw_what_they_are_given():
+    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(1, 2)
+    curves = {"a": rng.random((5, 11)), "b": rng.random((5, 11))}
+    plotting.online_protocol_curves(axes, curves, {"a": ("C0", "-"), "b": ("C1", "--")},
+                                    {"a": "A", "b": "B"}, n_train=5)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["A", "B"]
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2)
+    at = np.array([1, 2, 5])
+    cosines = {"x": (at, rng.random((4, 3))), "y": (np.arange(1, 11), rng.random((4, 10)))}
+    plotting.alignment_readings(axes, cosines, {"x": (rng.random((4, 3)), rng.random((4, 3)))},
+                                {"x": "C0", "y": "C1"}, {"x": "X", "y": "Y"}, n_marked=3)
+    assert len(axes[1].get_lines()) == 2 + 2 + 1  # two factors, two legend keys, the zero line
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2)
+    static = {k: rng.random(4) for k in ("median", "q25", "q75", "sigma2", "sigma3")}
+    plotting.static_patch_curves(axes, [1, 2, 3, 4], static, {"ref": 0.5}, {"ref": {"color": "k"}},
+                                 token_width=3)
+    assert any(t.get_text() == "Q = D = 3" for t in axes[0].texts)
+    plt.close(fig)
+
+    class Fit:
+        exponent = -1.0
+
+        def __call__(self, i):
+            return 1 / i
+
+    fig, ax = plt.subplots()
+    steps = np.arange(6)
+    plotting.step_size_fits(ax, steps, {"s": rng.random((3, 6)) + 0.5}, {"s": Fit()}, {"s": 0.1},
+                            {"s": "C0"}, fit_from=2)
+    assert "-1.00" in ax.get_legend().get_texts()[0].get_text()
+    plt.close(fig)

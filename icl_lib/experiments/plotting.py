@@ -49,6 +49,14 @@ __all__ = [
     "training_figure",
     "query_plane_figure",
     "step_decay_figure",
+    # --- chapters 6-10 ---
+    "gd_patch_comparison",
+    "block_cosine_heatmaps",
+    "precision_gaps",
+    "online_protocol_curves",
+    "alignment_readings",
+    "static_patch_curves",
+    "step_size_fits",
 ]
 
 # Colours: the prompted path in blue, the query-alone path in grey, the patched parts in red.
@@ -799,3 +807,289 @@ def step_decay_figure(index: object, steps: object, rescaled: object, fit: objec
     ax.legend(fontsize=9, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+# --- chapters 6-10 ---
+
+
+def gd_patch_comparison(axes: Sequence[Axes], angle: object, cosine: object, steps: object,
+                        increments: dict[str, object], colors: dict[str, str]) -> None:
+    """Chapter 9: the implicit update of the gradient-step attention against the GD patch.
+
+    Left: one point per task, the cosine of ``ΔW`` and ``ΔW_GD`` against the angle between the
+    query and the GD step, with the curve ``|cos θ|`` the proposition predicts. Right: the mean
+    implicit step ``‖W_{i+1} − W_i‖_F`` (± one standard error over tasks) of each block in
+    ``increments``, against ``i`` on log–log axes.
+
+    Args:
+        axes: two matplotlib ``Axes``.
+        angle: ``(B,)`` angles in degrees; cosine: ``(B,)`` cosines.
+        steps: ``(N,)`` the step indices ``i``; increments: name -> ``(tasks, N)`` step sizes.
+        colors: name -> matplotlib colour, one per entry of ``increments``.
+    """
+    left, right = axes
+    if not isinstance(left, Axes) or not isinstance(right, Axes):
+        raise TypeError("axes must be two matplotlib Axes")
+    theta = _vector(angle, "angle")
+    grid = np.linspace(0, 180, 181)
+    left.plot(grid, np.abs(np.cos(np.radians(grid))), color="k", lw=3, alpha=0.3,
+              label=r"$|\cos\theta|$ (proposition)")
+    left.scatter(theta, _vector(cosine, "cosine"), s=5, color="C4", zorder=3,
+                 label="one task")
+    left.set(xlabel=r"angle $\theta$ between $x_q$ and $\Delta w$ (degrees)",
+             ylabel=r"$\cos(\Delta W, \Delta W_{\mathrm{GD}})$", xticks=range(0, 181, 45),
+             title="(a) implicit update vs GD patch")
+    left.legend(fontsize=9, loc="upper center")
+    i = _vector(steps, "steps")
+    shown = i >= 1  # i = 0 is off the log axis
+    for name, values in increments.items():
+        values = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+        mean = values.mean(0)
+        sem = values.std(0, ddof=1) / np.sqrt(len(values))
+        error_band(right, i[shown], mean[shown], sem[shown], color=colors[name], marker="o",
+                   ms=3, lw=1.2, label=name)
+    right.set(xscale="log", yscale="log", xlabel="context tokens absorbed before the step, $i$",
+              ylabel=r"$\|W_{i+1} - W_i\|_F$", title="(b) implicit steps (mean ± s.e.)")
+    ticks = [1, 2, 5, 10, 19]
+    right.set_xticks(ticks, [str(t) for t in ticks])
+    right.minorticks_off()
+    right.legend(fontsize=9, loc="lower left")
+
+
+def block_cosine_heatmaps(axes: Sequence[Axes], matrices: Sequence[object], titles: Sequence[str], *,
+                          label: str) -> None:
+    """Chapter 8: square matrices of cosines between blocks, one per axes, values written in.
+
+    Each matrix ``(L, L)`` is drawn by
+    :func:`icl_lib.experiments.plotting.masked_diagonal_heatmap` on the scale ``[-1, 1]`` (its
+    diagonal, a block with itself, masked in grey), every off-diagonal entry is written in its
+    cell with a sign and two decimals, the ticks count blocks from 1, and one colour bar labelled
+    ``label`` serves all panels.
+
+    Args:
+        axes: one matplotlib ``Axes`` per matrix, all on one figure.
+        matrices: ``(L, L)`` tensors or arrays.
+        titles: one title per matrix.
+        label: the colour bar's label.
+    """
+    if not len(axes) == len(matrices) == len(titles) or len(axes) == 0:
+        raise ValueError("axes, matrices and titles must be non-empty and of one length")
+    image = None
+    for ax, matrix, title in zip(axes, matrices, titles):
+        values = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=float)
+        image = masked_diagonal_heatmap(ax, values, cmap="RdBu_r", vmin=-1, vmax=1, bad="0.85")
+        depth = values.shape[0]
+        for a in range(depth):
+            for b in range(depth):
+                if a != b:
+                    ax.text(b, a, f"{values[a, b]:+.2f}", ha="center", va="center", fontsize=9,
+                            color="white" if abs(values[a, b]) > 0.6 else "black")
+        ticks = [str(i + 1) for i in range(depth)]
+        ax.set(title=title, xticks=range(depth), xticklabels=ticks, yticks=range(depth),
+               yticklabels=ticks, xlabel="block")
+    axes[0].set_ylabel("block")
+    axes[0].figure.colorbar(image, ax=list(axes), shrink=0.8, label=label)
+
+
+def precision_gaps(axes: Sequence[Axes], per_block: dict[str, object], network: dict[str, object],
+                   title: str, *, unit: str = "block", network_label: str = "read-out (3 coordinates)") -> None:
+    """Chapter 7: gaps between prompted and patched outputs, per block and for the whole network.
+
+    Mean ± standard error over tasks, for each precision in ``per_block`` (``"float32"`` and/or
+    ``"float64"``), with that precision's machine epsilon as a dotted line: the per-block gaps on
+    ``axes[0]`` and the whole-network gap on ``axes[1]`` (different vectors, so separate axes).
+
+    Args:
+        axes: two matplotlib ``Axes``.
+        per_block: precision name -> ``(tasks, depth)`` gaps.
+        network: precision name -> ``(tasks,)`` gaps of the network's output.
+        title: of ``axes[0]``.
+        unit: what a block is called on the axis ("block", "layer").
+        network_label: what the network gap measures, for ``axes[1]``'s label.
+    """
+    styles = {"float32": ("o", "C0", -0.1), "float64": ("s", "C1", 0.1)}
+    unknown = set(per_block) - set(styles)
+    if unknown or set(per_block) != set(network):
+        raise ValueError(f"per_block and network need the same keys among {sorted(styles)}")
+    depth = None
+    for name in per_block:
+        marker, color, offset = styles[name]
+        values_block = np.asarray(per_block[name], dtype=float)
+        depth = values_block.shape[1]
+        panels = ((axes[0], values_block, np.arange(depth)),
+                  (axes[1], np.asarray(network[name], dtype=float)[:, None], np.array([0])))
+        for ax, values, at in panels:
+            mean = values.mean(0)
+            sem = values.std(0, ddof=1) / np.sqrt(len(values))
+            ax.errorbar(at + offset, mean, yerr=sem, fmt=marker, color=color, capsize=4, label=name)
+            ax.axhline(float(np.finfo(name).eps), color=color, ls=":", lw=1)
+    axes[0].set_xticks(range(depth), [f"{unit} {i + 1}" for i in range(depth)])
+    axes[1].set_xticks([0], ["network"])
+    axes[1].set_xlim(-0.6, 0.6)
+    for ax in axes:
+        ax.set(yscale="log", ylim=(1e-17, 1e-4))
+        ax.grid(axis="y", which="major", color="0.9")
+    axes[0].set(title=title, ylabel=f"{unit} output (residual stream)\n‖with context − patched‖")
+    axes[1].set(title="whole network", ylabel=f"{network_label}\n‖with context − patched‖")
+
+
+def _numpy(values: object) -> np.ndarray:
+    """A tensor or array as a NumPy array (on the CPU, no gradient)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def online_protocol_curves(axes: Sequence[Axes], curves: dict[str, object], styles: dict[str, tuple[str, str]],
+                           labels: dict[str, str], *, n_train: int) -> None:
+    """Chapter 6: test loss against the number of examples ``i``, in context and by online SGD.
+
+    Left, the mean ± standard error over tasks (v1's statistic); right, the median and the
+    interquartile range. Log scale, ``i = 0..N``, with a dotted line at the training length.
+
+    Args:
+        axes: two matplotlib ``Axes`` (sharing their y axis).
+        curves: name -> ``(tasks, N + 1)`` test losses.
+        styles: name -> ``(colour, line style)``; labels: name -> legend text.
+        n_train: the context length the block was trained at.
+    """
+    left, right = axes
+    for name, loss in curves.items():
+        values = _numpy(loss).astype(float)
+        x = np.arange(values.shape[1])
+        color, ls = styles[name]
+        mean, sem = values.mean(0), values.std(0, ddof=1) / np.sqrt(len(values))
+        error_band(left, x, mean, sem, color=color, ls=ls, label=labels[name], alpha=0.2)
+        low, mid, high = np.quantile(values, [0.25, 0.5, 0.75], axis=0)
+        right.plot(x, mid, color=color, ls=ls, label=labels[name])
+        right.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
+    for ax in (left, right):
+        ax.axvline(n_train, color="0.6", ls=":", lw=1)
+        ax.set(yscale="log", xlabel="GD steps / context length $i$", xlim=(0, x[-1]))
+    left.text(n_train + 1, 0.9, "training\nlength", color="0.4", fontsize=9, va="top")
+    left.set(ylabel=r"test loss $\frac{1}{2}(\hat y - y_q)^2$",
+             title=f"(a) mean ± s.e. over {len(values)} tasks (v1's statistic)")
+    right.set(title="(b) median and interquartile range")
+    left.legend(fontsize=9, loc="lower left")
+
+
+def alignment_readings(axes: Sequence[Axes], cosines: dict[str, tuple[object, object]],
+                       factors: dict[str, tuple[object, object]], colors: dict[str, str],
+                       labels: dict[str, str], *, n_marked: int) -> None:
+    """Chapter 6: the readings of the alignment, and the two factors of the first four.
+
+    Left, each reading's ``cos_F`` (mean ± s.e. over tasks) against ``i``; right, for the readings
+    in ``factors``, the cosine at the query (solid) and the share along ``a`` (dotted). A reading
+    measured at ``n_marked`` values of ``i`` gets markers; one figure legend below the panels.
+
+    Args:
+        axes: two matplotlib ``Axes`` on one figure.
+        cosines: name -> ``(i values (n,), cosines (tasks, n))``.
+        factors: name -> ``(cosine at the query, share)``, each ``(tasks, n)``.
+        colors, labels: name -> colour and legend text.
+        n_marked: the number of ``i`` values that marks a reading measured at a few ``i``.
+    """
+    left, right = axes
+    for name, (at, values) in cosines.items():
+        at, values = _numpy(at), _numpy(values).astype(float)
+        marker = "o" if len(at) == n_marked else None
+        sem = values.std(0, ddof=1) / np.sqrt(len(values))
+        error_band(left, at, values.mean(0), sem, color=colors[name], marker=marker, ms=4,
+                   label=labels[name], alpha=0.2)
+        if name in factors:
+            cosine, share = (_numpy(f).astype(float) for f in factors[name])
+            right.plot(at, cosine.mean(0), color=colors[name], marker=marker, ms=4)
+            right.plot(at, share.mean(0), color=colors[name], ls=":", lw=1.5)
+    n_tasks = len(values)
+    for ax in (left, right):
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xscale="log", xlabel="examples $i$", ylim=(-0.3, 1.05))
+    left.set(ylabel=rf"$\cos_F$ (mean ± s.e., {n_tasks} tasks)",
+             title=f"(a) {len(cosines)} readings of the alignment")
+    right.plot([], [], color="0.3", label=r"cosine at the query, $\cos(Fa, u)$")
+    right.plot([], [], color="0.3", ls=":", label=r"share along $a$, $\|F\hat a\| / \|F\|_F$")
+    right.set(ylabel=f"mean over {n_tasks} tasks",
+              title=rf"(b) readings 1–{len(factors)}: the factors of $\cos_F(F, \Delta W_i)$")
+    right.legend(fontsize=8, loc="lower right")
+    left.figure.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9)
+
+
+def static_patch_curves(axes: Sequence[Axes], sizes: Sequence[int], static: dict[str, object],
+                        references: dict[str, float], styles: dict[str, dict[str, str]], *,
+                        token_width: int) -> None:
+    """Chapter 10: the static patch's test loss and singular values against ``Q``.
+
+    Left, the median test loss per context (line) and its interquartile range (band) against
+    the number of calibration queries ``Q``, with horizontal lines for the ``references``
+    (medians) and a mark at ``Q = D``; right, the mean ``σ₂/σ₁`` and ``σ₃/σ₁`` of the patches.
+
+    Args:
+        axes: two matplotlib ``Axes``.
+        sizes: the values of ``Q``.
+        static: ``"median"``, ``"q25"``, ``"q75"``, ``"sigma2"``, ``"sigma3"``: one value per ``Q``.
+        references: name -> a median test loss drawn as a horizontal line.
+        styles: name -> keyword arguments of those lines (``color``, ``ls``).
+        token_width: ``D``, where the rank saturates.
+    """
+    left, right = axes
+    left.fill_between(sizes, static["q25"], static["q75"], color="C2", alpha=0.2, lw=0,
+                      label="interquartile range over contexts")
+    left.plot(sizes, static["median"], color="C2", marker="o", ms=4, lw=1.5,
+              label=r"static patch $\Delta W_{\mathrm{LS}}$ (median)")
+    for name, value in references.items():
+        left.axhline(value, lw=1.2, label=f"{name} (median)", **styles[name])
+    left.axvline(token_width, color="0.6", lw=0.8)
+    left.text(token_width * 1.05, 2.0, f"Q = D = {token_width}", color="0.4", fontsize=9)
+    left.set(xscale="log", yscale="log", xlabel="calibration queries Q",
+             ylabel="test loss per context, 200 contexts", ylim=(0.005, 40),
+             title="(a) one patch per context, fitted on Q queries")
+    left.legend(fontsize=8, loc="upper right", framealpha=0.95)
+    for key, ls in (("sigma2", "--"), ("sigma3", ":")):
+        k = key[-1]
+        right.plot(sizes, static[key], color="C7", ls=ls, lw=1.5, marker="o", ms=3,
+                   label=rf"$\sigma_{k}/\sigma_1$")
+    right.set(xscale="log", xlabel="calibration queries Q",
+              ylabel="singular-value ratio (mean over contexts)", ylim=(0, 0.55),
+              title=rf"(b) singular values of $\Delta W_{{\mathrm{{LS}}}}$, rank min(Q, {token_width})")
+    right.legend(fontsize=9, loc="center right")
+    for axis in (left, right):
+        axis.set_xticks([1, 3, 10, 30, 100, 500], ["1", "3", "10", "30", "100", "500"])
+
+
+def step_size_fits(ax: Axes, steps: object, increments: dict[str, object], fits: dict[str, object],
+                   spreads: dict[str, float], colors: dict[str, str], *, fit_from: int) -> None:
+    """Chapter 9: the implicit step sizes of several blocks, their power-law fits and ``1/i``.
+
+    Mean ± s.e. over tasks of ``‖W_{i+1} − W_i‖_F`` against ``i ≥ 1`` on log–log axes, each
+    block's fitted power law (dashed, from ``fit_from`` on, exponent ± bootstrap s.e. in the
+    legend), and a dotted ``1/i`` line through the first block's mean at ``fit_from``.
+
+    Args:
+        ax: the axes.
+        steps: ``(N,)`` step indices ``i``.
+        increments: name -> ``(tasks, N)`` step sizes.
+        fits: name -> a fit with ``.exponent`` that is callable on ``i`` (:class:`icl_lib.PowerLawFit`).
+        spreads: name -> the exponent's standard error; colors: name -> colour.
+        fit_from: the first ``i`` of the fits.
+    """
+    i = _numpy(steps)
+    shown = i >= 1  # i = 0 is off the log axis
+    for name, inc in increments.items():
+        values = _numpy(inc).astype(float)
+        mean, sem = values.mean(0), values.std(0, ddof=1) / np.sqrt(len(values))
+        exponent = f"$\\kappa = {fits[name].exponent:.2f} \\pm {spreads[name]:.2f}$"
+        error_band(ax, i[shown], mean[shown], sem[shown], color=colors[name], marker="o", ms=3,
+                   lw=1.2, label=f"{name}: {exponent}")
+        fitted = i[i >= fit_from]
+        ax.plot(fitted, fits[name](fitted), color=colors[name], ls="--", lw=1)
+    first = _numpy(next(iter(increments.values()))).astype(float).mean(0)
+    ax.plot(i[shown], first[fit_from] * fit_from / i[shown], color="k", ls=":", lw=1.2, label=r"$\propto 1/i$")
+    ax.set(xscale="log", yscale="log", xlabel="context tokens absorbed before the step, $i$",
+           ylabel=r"$\|W_{i+1} - W_i\|_F$",
+           title=f"Size of each implicit step ({len(_numpy(next(iter(increments.values()))))} "
+                 "tasks, mean ± s.e.; dashed: fits)")
+    ticks = [1, 2, 3, 5, 10, 19]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks([0.2, 0.5, 1, 2], ["0.2", "0.5", "1", "2"])
+    ax.minorticks_off()
+    ax.legend(fontsize=9, loc="lower left")
