@@ -33,7 +33,7 @@ def test_one_query_per_position_patch_is_exact(family, sequential, output):
     the bare run reproduces the prompted logits at the last aligned token."""
     model = tiny_lms.build(family, "small")
     prompts = _prompts(q=1)
-    patch = tp.fit_thought_patch(model, prompts, sequential=sequential, pooled=False, ridge=0.0, output=output)
+    patch = tp.fit_thought_patch(model, tp.thought_data(model, prompts), sequential=sequential, pooled=False, ridge=0.0, output=output)
     want = _full_logits(model, prompts.prompted)
     got = tp.thought_logits(model, patch, prompts.bare)
     assert torch.allclose(got, want, atol=1e-8, rtol=1e-6)
@@ -48,8 +48,9 @@ def test_pooled_ridge_fit_moves_towards_prompted(family):
     prompts = _prompts(q=6)
     want = _full_logits(model, prompts.prompted)
     far = (_full_logits(model, prompts.bare) - want).norm()
-    small = tp.fit_thought_patch(model, prompts, ridge=1e-3)
-    large = tp.fit_thought_patch(model, prompts, ridge=10.0)
+    data = tp.thought_data(model, prompts)
+    small = tp.fit_thought_patch(model, data, ridge=1e-3)
+    large = tp.fit_thought_patch(model, data, ridge=10.0)
     assert (tp.thought_logits(model, small, prompts.bare) - want).norm() < far
     assert small.layers[0].unexplained < large.layers[0].unexplained
     assert small.layers[0].in_left.shape[0] == 1  # pooled: one patch for every position
@@ -58,31 +59,41 @@ def test_pooled_ridge_fit_moves_towards_prompted(family):
 def test_residual_shifts_match_vector_fit():
     model = tiny_lms.build("llama", "small")
     prompts = _prompts(q=3)
-    shifts = tp.residual_shifts(model, prompts)
+    data = tp.thought_data(model, prompts)
+    shifts = tp.residual_shifts(model, data)
     assert shifts.shape[:3] == (2, 3, prompts.bare.shape[1])
-    patch = tp.fit_thought_patch(model, prompts, sequential=False, pooled=True, output="vector")
+    patch = tp.fit_thought_patch(model, data, sequential=False, pooled=True, output="vector")
     assert torch.allclose(patch.layers[1].vector[0], shifts[1].mean((0, 1)).to(patch.layers[1].vector.dtype))
 
 
 def test_cross_fitted_accuracy_shapes():
     model = tiny_lms.build("llama", "small")
-    result = tp.cross_fitted_accuracy(model, _prompts(q=4), folds=2)
-    assert {k: v.shape for k, v in result.items()} == {k: (4,) for k in ("prompted", "bare", "patched")}
+    prompts = _prompts(q=4)
+    data = tp.thought_data(model, prompts)
+    patched = tp.cross_fitted_accuracy(model, data, folds=2)
+    assert patched.shape == (4,) and patched.dtype == torch.bool
+    want = tp.thought_logits(model, None, prompts.prompted[:, :-1]).argmax(-1)
+    assert data.prompted_correct.tolist() == [int(w) in a for w, a in zip(want, prompts.answers)]
 
 
 def test_bad_inputs():
     model = tiny_lms.build("llama", "small")
     prompts = _prompts()
+    data = tp.thought_data(model, prompts)
     with pytest.raises(ValueError, match="output"):
-        tp.fit_thought_patch(model, prompts, output="bias")
+        tp.fit_thought_patch(model, data, output="bias")
     with pytest.raises(ValueError, match="ridge"):
-        tp.fit_thought_patch(model, prompts, ridge=-1.0)
+        tp.fit_thought_patch(model, data, ridge=-1.0)
+    with pytest.raises(TypeError, match="ThoughtData"):
+        tp.fit_thought_patch(model, prompts)
     with pytest.raises(TypeError, match="ThoughtPrompts"):
-        tp.fit_thought_patch(model, prompts.bare)
+        tp.thought_data(model, prompts.bare)
+    with pytest.raises(ValueError, match="another model"):
+        tp.fit_thought_patch(tiny_lms.build("llama", "small", seed=1), data)
     with pytest.raises(ValueError, match="folds"):
-        tp.cross_fitted_accuracy(model, prompts, folds=1)
+        tp.cross_fitted_accuracy(model, data, folds=1)
     with pytest.raises(TypeError, match="parallel"):
-        tp.fit_thought_patch(tiny_lms.build("gpt_neox", "small"), prompts)
+        tp.thought_data(tiny_lms.build("gpt_neox", "small"), prompts)
     with pytest.raises(ValueError, match="trials"):
         tp.wilson_interval(1, 0)
 
@@ -147,3 +158,27 @@ def test_head_effects_and_function_vector(family):
     assert vector.shape == (model.config.hidden_size,) and len(chosen) == 2
     layer, head = chosen[0]
     assert effects[layer, head] == effects.max()
+
+
+def test_vector_sweep_shapes_and_no_edit_row():
+    model = tiny_lms.build("llama", "small", dtype=torch.float32)
+    q, context, tail = 4, 6, 4
+    ids = tiny_lms.prompt_ids(q, tail, seed=7)
+    shared = tiny_lms.prompt_ids(1, context, seed=8).expand(q, context)
+    bos = torch.ones(q, 1, dtype=torch.long)
+    prompts = tp.ThoughtPrompts(prompted=torch.cat([bos, shared, ids], 1), bare=torch.cat([bos, ids], 1),
+                                answers=tuple((int(a),) for a in ids[:, -1]), has_bos=True,
+                                demonstration_answers=(2, 4, 6))
+    data = tp.thought_data(model, prompts)
+    sweep = fv.vector_sweep(model, data, n_heads=2, n_scan=2)
+    assert sweep.correct.shape == (5, 2, q) and sweep.bare.shape == (q,)
+    assert sweep.effects[0].shape == (2, model.config.num_attention_heads)
+    assert sweep.bare.tolist() == data.bare_correct.tolist()  # the no-edit row is the bare model
+    assert len(sweep.heads) == 2 and len(sweep.heads[0]) == 2
+    # the summed steering vector at the first layer is the one-layer vector there
+    fold = sweep.vectors[0]
+    assert torch.equal(fold[fv.SWEEP_METHODS[2]][0], fold[fv.SWEEP_METHODS[3]][0])
+    one = fv.vector_sweep(model, data, layers=[1], n_heads=2, n_scan=2)
+    assert torch.equal(one.correct[:, 0], sweep.correct[:, 1])
+    with pytest.raises(ValueError, match="layers"):
+        fv.vector_sweep(model, data, layers=[5])

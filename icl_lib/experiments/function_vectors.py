@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,9 @@ __all__ = [
     "function_vector",
     "intervention_accuracy",
     "shuffled_answers",
+    "SWEEP_METHODS",
+    "VectorSweep",
+    "vector_sweep",
 ]
 
 _MODES = ("add", "replace")
@@ -234,3 +238,90 @@ def intervention_accuracy(
         guess = logits.argmax(-1).view(b, size).T.tolist()
         results.append(torch.tensor([[g in accepted for g, accepted in zip(row, answers)] for row in guess]))
     return torch.cat(results)
+
+
+@dataclass(frozen=True)
+class VectorSweep:
+    """Zero-shot accuracy of the bare queries under each vector at each layer, every query held out.
+
+    Attributes:
+        methods: the names of the rows of ``correct``'s first axis.
+        layers: the layers swept.
+        correct: ``(M, len(layers), Q)`` bool: query ``q`` answered right with method ``m`` at
+            layer ``layers[l]``, its vectors extracted from the other fold's prompts.
+        bare: ``(Q,)`` bool: answered right with no edit.
+        heads: per fold, the function vector's heads ``(layer, head)``, largest effect first.
+        effects: per fold, the ``(L, H)`` average indirect effects of the head scan.
+        vectors: per fold, ``{method: (L, D)}`` the vectors for every layer.
+    """
+
+    methods: tuple[str, ...]
+    layers: tuple[int, ...]
+    correct: Tensor
+    bare: Tensor
+    heads: tuple[list[tuple[int, int]], ...]
+    effects: tuple[Tensor, ...]
+    vectors: tuple[dict[str, Tensor], ...]
+
+
+#: The methods of :func:`vector_sweep`, in order.
+SWEEP_METHODS = ("task vector", "function vector", "mean Δb′ (layer ℓ)", "mean Δb′ (layers ≤ ℓ)",
+                 "mean difference")
+
+
+def vector_sweep(model: nn.Module, data, layers: Sequence[int] | None = None, n_heads: int = 10, n_scan: int = 10,
+                 folds: int = 2) -> VectorSweep:
+    """Extract each vector from one fold's few-shot prompts and apply it to the other fold's bare
+    queries at each of ``layers`` (default all; :data:`SWEEP_METHODS`; see the module docstring).
+    The last method adds the mean difference of the layer-``ℓ`` outputs at the last token, few-shot
+    minus bare: the whole context effect up to layer ``ℓ``, steering vectors and MLPs together.
+
+    Args:
+        data: a task's :class:`icl_lib.experiments.thought_patches.ThoughtData` (its prompts,
+            with BOS, a shared context and a teacher-forced answer token that is dropped here).
+        n_heads: ``k``, the heads summed into the function vector.
+        n_scan: the shuffled-answer prompts (the first of the fold) the head scan averages over.
+        folds: queries split by index modulo ``folds``.
+    """
+    from .thought_patches import ThoughtData, residual_shifts
+
+    if not isinstance(data, ThoughtData):
+        raise TypeError(f"data must be a ThoughtData (from thought_data), got {type(data).__name__}")
+    prompts = data.prompts
+    n = prompts.n_queries
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
+        raise ValueError(f"folds must be an int in [2, {n}], got {folds!r}")
+    lm = _language_model(model)
+    layers = list(range(len(lm.layers))) if layers is None else [int(layer) for layer in layers]
+    if not layers or any(not 0 <= layer < len(lm.layers) for layer in layers):
+        raise ValueError(f"layers must be a non-empty list of layer indices in [0, {len(lm.layers)})")
+    n_layers = len(layers)
+    index = torch.arange(n)
+    correct = torch.zeros(len(SWEEP_METHODS), n_layers, n, dtype=torch.bool)
+    bare = torch.zeros(n, dtype=torch.bool)
+    heads, scans, vectors = [], [], []
+    for fold in range(folds):
+        fit, held = index[index % folds != fold], index[index % folds == fold]
+        few_shot = prompts.prompted[fit][:, :-1]
+        states = last_token_states(model, few_shot).mean(1)  # (L, D)
+        alone = last_token_states(model, prompts.bare[fit][:, :-1]).mean(1)
+        means = head_inputs(model, few_shot).mean(1)  # (L, H·d_head)
+        shifts = residual_shifts(model, data, fit)[:, :, -2].mean(1)  # (L, D): at the last query token
+        scan = fit[:n_scan]
+        corrupted = shuffled_answers(prompts.prompted[scan][:, :-1], prompts.demonstration_answers)
+        effects = head_indirect_effects(model, corrupted, prompts.prompted[scan][:, -1], means)
+        vector, chosen = function_vector(model, means, effects, n_heads)
+        used = {SWEEP_METHODS[0]: states, SWEEP_METHODS[1]: vector.expand(len(lm.layers), -1),
+                SWEEP_METHODS[2]: shifts, SWEEP_METHODS[3]: shifts.cumsum(0), SWEEP_METHODS[4]: states - alone}
+        modes = ("replace", "add", "add", "add", "add")
+        edits = [(-1, vector, "add")] + [(layer, used[m][layer], mode) for m, mode in zip(SWEEP_METHODS, modes)
+                                         for layer in layers]
+        answers = [prompts.answers[i] for i in held.tolist()]
+        result = intervention_accuracy(model, prompts.bare[held][:, :-1], answers, edits)
+        bare[held] = result[0]
+        correct[:, :, held] = result[1:].view(len(SWEEP_METHODS), n_layers, -1)
+        heads.append(chosen)
+        scans.append(effects)
+        vectors.append(used)
+    return VectorSweep(methods=SWEEP_METHODS, layers=tuple(layers), correct=correct, bare=bare, heads=tuple(heads),
+                       effects=tuple(scans), vectors=tuple(vectors))

@@ -51,7 +51,9 @@ __all__ = [
     "ThoughtPrompts",
     "ThoughtLayer",
     "ThoughtPatch",
+    "ThoughtData",
     "thought_prompts",
+    "thought_data",
     "fit_thought_patch",
     "thought_logits",
     "cross_fitted_accuracy",
@@ -73,12 +75,14 @@ class ThoughtPrompts:
             accepted answer (teacher forcing).
         answers: per query, the accepted first tokens of its answer.
         has_bos: whether a BOS token starts both rows.
+        demonstration_answers: the columns of ``prompted`` that hold the demonstrations' answers.
     """
 
     prompted: Tensor
     bare: Tensor
     answers: tuple[tuple[int, ...], ...]
     has_bos: bool
+    demonstration_answers: tuple[int, ...] = ()
 
     @property
     def aligned(self) -> Tensor:
@@ -92,11 +96,14 @@ class ThoughtPrompts:
         return self.bare.shape[0]
 
 
-def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: int | None = None) -> ThoughtPrompts:
+def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: int | None = None,
+                    bos: bool = True) -> ThoughtPrompts:
     """The prompted and bare rows of ``task`` (see :class:`ThoughtPrompts`).
 
     The context is the ``n_examples`` demonstrations; a retrieval task (per-query
     demonstrations) is refused, since a thought patch condenses one context shared by all queries.
+    With ``bos=False`` (or a tokenizer without one) no BOS token starts the rows: the bare row is
+    then the query line alone, the reference of chapter 11.
     """
     if task.retrieval:
         raise ValueError(f"task {task.name!r} shows each query its own demonstrations; a thought patch needs one "
@@ -106,13 +113,19 @@ def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: in
     with_context = task_prompts(task, tokenizer, n_examples, n_queries)
     alone = task_prompts(task, tokenizer, 0, n_queries)
     answer = torch.tensor([[accepted[0]] for accepted in with_context.answers])
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = getattr(tokenizer, "bos_token_id", None) if bos else None
     start = torch.full((answer.shape[0], 1 if bos is not None else 0), bos if bos is not None else 0, dtype=torch.long)
+    offset = start.shape[1]
+    columns = tuple(offset + j * with_context.example_tokens + with_context.kept_tokens for j in range(n_examples))
+    for column, (_, shown) in zip(columns, task.demonstrations[:n_examples]):
+        if with_context.input_ids[0, column - offset] != tokenizer(" " + shown, add_special_tokens=False).input_ids[0]:
+            raise ValueError(f"task {task.name!r}: a demonstration line is not 'query line, answer, newline' in tokens")
     return ThoughtPrompts(
         prompted=torch.cat([start, with_context.input_ids, answer], dim=1),
         bare=torch.cat([start, alone.input_ids, answer], dim=1),
         answers=with_context.answers,
         has_bos=bos is not None,
+        demonstration_answers=columns,
     )
 
 
@@ -269,7 +282,7 @@ class _LayerRunner:
 
         handles = [layer.register_forward_pre_hook(keep, with_kwargs=True) for layer in lm.layers]
         try:
-            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+            positions = torch.arange(ids.shape[1], device=ids.device)[None]  # one row: the kwargs serve any batch
             with torch.no_grad():
                 lm.model.base_model(input_ids=ids, position_ids=positions, use_cache=False)
         finally:
@@ -287,9 +300,60 @@ class _LayerRunner:
         return store
 
 
+@dataclass(frozen=True)
+class ThoughtData:
+    """What every fit on one task reuses: the prompted run at the aligned tokens, the bare rows'
+    layer-by-layer runner, and each query's answer with and without the context.
+
+    Attributes:
+        prompts: the task's :class:`ThoughtPrompts`.
+        inputs, mlp_in, residual: per layer, the prompted run's layer input, MLP input and residual
+            stream at the aligned tokens, ``(Q, T, D)`` each.
+        prompted_correct, bare_correct: ``(Q,)`` bool: the greedy answer to the query line (without
+            the teacher-forced token) with the context, and without it.
+    """
+
+    prompts: ThoughtPrompts
+    inputs: tuple[Tensor, ...]
+    mlp_in: tuple[Tensor, ...]
+    residual: tuple[Tensor, ...]
+    prompted_correct: Tensor
+    bare_correct: Tensor
+    runner: "_LayerRunner"
+
+    @property
+    def filtered(self) -> Tensor:
+        """``(Q,)`` bool: the queries the prompted model answers right and the bare model wrong."""
+        return self.prompted_correct & ~self.bare_correct
+
+
+def thought_data(model: nn.Module, prompts: ThoughtPrompts) -> ThoughtData:
+    """Run the prompted rows once (recording the aligned tokens) and the bare rows once (recording
+    each layer's keyword arguments); score both without the teacher-forced token."""
+    if not isinstance(prompts, ThoughtPrompts):
+        raise TypeError(f"prompts must be a ThoughtPrompts (from thought_prompts), got {type(prompts).__name__}")
+    lm = _language_model(model)
+    _check_model(lm)
+    prompted = prompts.prompted.to(lm.device)
+    aligned = prompts.aligned.to(lm.device)
+    positions = torch.arange(prompted.shape[1], device=lm.device).expand_as(prompted)
+    last_query = torch.tensor([prompted.shape[1] - 2], device=lm.device)  # the column before the answer token
+    target = _trace(lm, _Prompt(prompted, None, positions), {"inputs": aligned, "mlp_in": aligned, "residual": aligned},
+                    logits=last_query)
+    return ThoughtData(
+        prompts=prompts,
+        inputs=tuple(target.inputs),
+        mlp_in=tuple(target.mlp_in),
+        residual=tuple(target.residual),
+        prompted_correct=_correct(target.logits[:, 0], prompts.answers),  # causal: the answer token is not seen
+        bare_correct=_correct(thought_logits(model, None, prompts.bare[:, :-1]), prompts.answers),
+        runner=_LayerRunner(lm, prompts.bare.to(lm.device)),
+    )
+
+
 def fit_thought_patch(
     model: nn.Module,
-    prompts: ThoughtPrompts,
+    data: ThoughtData,
     rows: Tensor | None = None,
     *,
     sequential: bool = True,
@@ -297,11 +361,11 @@ def fit_thought_patch(
     ridge: float = 1e-2,
     output: str = "absorb",
 ) -> ThoughtPatch:
-    """Fit a thought patch on the calibration queries ``rows`` (default all) of ``prompts``.
+    """Fit a thought patch on the calibration queries ``rows`` (default all) of a task.
 
     Args:
         model: a ``transformers`` causal LM in eval mode (sequential layers, hookable MLP maps).
-        prompts: from :func:`thought_prompts`.
+        data: from :func:`thought_data` for this model.
         rows: 1-d index of the calibration queries.
         sequential: fit each layer on the bare run patched below it (else on each layer fed its
             prompted input: one-shot).
@@ -313,42 +377,42 @@ def fit_thought_patch(
         raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}")
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
         raise ValueError(f"ridge must be a non-negative number, got {ridge!r}")
-    if not isinstance(prompts, ThoughtPrompts):
-        raise TypeError(f"prompts must be a ThoughtPrompts (from thought_prompts), got {type(prompts).__name__}")
+    if not isinstance(data, ThoughtData):
+        raise TypeError(f"data must be a ThoughtData (from thought_data), got {type(data).__name__}")
     lm = _language_model(model)
-    _check_model(lm)
-    rows = torch.arange(prompts.n_queries) if rows is None else check_rows(rows, "rows")
-    bare, prompted = prompts.bare[rows].to(lm.device), prompts.prompted[rows].to(lm.device)
-    aligned = prompts.aligned.to(lm.device)
-    positions = torch.arange(prompted.shape[1], device=lm.device).expand_as(prompted)
-    target = _trace(lm, _Prompt(prompted, None, positions), {"inputs": aligned, "mlp_in": aligned, "residual": aligned},
-                    logits=False)
-    runner = _LayerRunner(lm, bare)
-    z = runner.embedded
+    if data.runner.lm.model is not model:
+        raise ValueError("data was prepared for another model")
+    rows = torch.arange(data.prompts.n_queries) if rows is None else check_rows(rows, "rows")
+    runner = data.runner
+    z = runner.embedded[rows]
     layers = []
     for index, sites in enumerate(lm.sites):
-        start = z if sequential else target.inputs[index]
+        start = z if sequential else data.inputs[index][rows]
         seen = runner.run(index, start, record={"h"})
         a = seen["m"]
-        u = sites.first(target.mlp_in[index]) - sites.first(a)
+        u = sites.first(data.mlp_in[index][rows]) - sites.first(a)
         right, left, unexplained = _fit_map(a, u, ridge, pooled, lm.dtype)
         layer = ThoughtLayer(in_left=left, in_right=right, unexplained=unexplained)
-        shift = target.residual[index] - seen["h"]  # Δb′_i (Q, T, D)
+        shift = data.residual[index][rows] - seen["h"]  # Δb′_i (Q, T, D)
+        carrier = None if output != "absorb" else ("g" if sites.down is not None else "n")
+        # the layer with its input-side patch: the carrier of the output side, and (sequential) its output
+        seen_in = runner.run(index, start, layer, record={carrier} if carrier else set()) if (carrier or sequential) else {}
+        added = None
         if output == "vector":
-            layer = ThoughtLayer(left, right, vector=(shift.mean((0, 1))[None] if pooled else shift.mean(0)).to(lm.dtype),
-                                 unexplained=unexplained)
-        elif output == "absorb":
-            carrier = "g" if sites.down is not None else "n"
-            seen_in = runner.run(index, start, layer, record={carrier})
-            if carrier == "g":
-                out_right, out_left, _ = _fit_map(seen_in["g"], shift, ridge, pooled, lm.dtype)
-                layer = ThoughtLayer(left, right, out_left=out_left, out_right=out_right, unexplained=unexplained)
-            else:
-                layer = ThoughtLayer(left, right, scale=_scale_fit(seen_in["n"], shift, ridge, pooled),
-                                     unexplained=unexplained)
+            vector = (shift.mean((0, 1))[None] if pooled else shift.mean(0)).to(lm.dtype)
+            layer = ThoughtLayer(left, right, vector=vector, unexplained=unexplained)
+            added = _per_position(vector, start.shape[1])
+        elif carrier == "g":
+            out_right, out_left, _ = _fit_map(seen_in["g"], shift, ridge, pooled, lm.dtype)
+            layer = ThoughtLayer(left, right, out_left=out_left, out_right=out_right, unexplained=unexplained)
+            added = _factored(seen_in["g"], out_right, out_left)  # W_down's output is added as it is
+        elif carrier == "n":
+            scale = _scale_fit(seen_in["n"], shift, ridge, pooled)
+            layer = ThoughtLayer(left, right, scale=scale, unexplained=unexplained)
+            added = seen_in["n"] * _per_position(scale, start.shape[1])  # s ⊙ n + Δs ⊙ n
         layers.append(layer)
         if sequential:
-            z = runner.run(index, z, layer)["out"]
+            z = seen_in["out"] if added is None else seen_in["out"] + added.to(seen_in["out"].dtype)
     return ThoughtPatch(layers=tuple(layers), sequential=sequential, pooled=pooled, ridge=float(ridge), output=output,
                         n_queries=rows.numel())
 
@@ -381,41 +445,35 @@ def _correct(logits: Tensor, answers: tuple[tuple[int, ...], ...]) -> Tensor:
     return torch.tensor([g in accepted for g, accepted in zip(guess, answers)])
 
 
-def cross_fitted_accuracy(model: nn.Module, prompts: ThoughtPrompts, folds: int = 2, **options) -> dict[str, Tensor]:
-    """Each query answered with the context, without it, and patched by a thought patch fitted on
-    the *other* folds (queries split by index modulo ``folds``): ``(Q,)`` bool tensors under
-    ``"prompted"``, ``"bare"``, ``"patched"``. ``options`` go to :func:`fit_thought_patch`."""
-    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= prompts.n_queries:
-        raise ValueError(f"folds must be an int in [2, {prompts.n_queries}], got {folds!r}")
-    query = slice(None, -1)  # drop the teacher-forced answer token
-    prompted = _correct(thought_logits(model, None, prompts.prompted[:, query]), prompts.answers)
-    bare = _correct(thought_logits(model, None, prompts.bare[:, query]), prompts.answers)
-    patched = torch.zeros(prompts.n_queries, dtype=torch.bool)
-    index = torch.arange(prompts.n_queries)
+def cross_fitted_accuracy(model: nn.Module, data: ThoughtData, folds: int = 2, **options) -> Tensor:
+    """Each query answered by the bare model patched by a thought patch fitted on the *other*
+    folds (queries split by index modulo ``folds``): ``(Q,)`` bool. ``options`` go to
+    :func:`fit_thought_patch`; the prompted and bare scores are ``data``'s."""
+    n = data.prompts.n_queries
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n:
+        raise ValueError(f"folds must be an int in [2, {n}], got {folds!r}")
+    patched = torch.zeros(n, dtype=torch.bool)
+    index = torch.arange(n)
     for fold in range(folds):
         held = index[index % folds == fold]
-        patch = fit_thought_patch(model, prompts, index[index % folds != fold], **options)
-        logits = thought_logits(model, patch, prompts.bare[held][:, query])
-        patched[held] = _correct(logits, tuple(prompts.answers[i] for i in held.tolist()))
-    return {"prompted": prompted, "bare": bare, "patched": patched}
+        patch = fit_thought_patch(model, data, index[index % folds != fold], **options)
+        logits = thought_logits(model, patch, data.prompts.bare[held][:, :-1])
+        patched[held] = _correct(logits, tuple(data.prompts.answers[i] for i in held.tolist()))
+    return patched
 
 
-def residual_shifts(model: nn.Module, prompts: ThoughtPrompts, rows: Tensor | None = None) -> Tensor:
+def residual_shifts(model: nn.Module, data: ThoughtData, rows: Tensor | None = None) -> Tensor:
     """The context's residual shift ``Δb′ = h^p − h^x`` at every layer and aligned token, each layer
     fed its prompted input there (the one-shot reference of the exact patch): ``(L, Q, T, D)``.
 
     Its mean over queries at one token is the *mean steering vector* of a layer.
     """
-    lm = _language_model(model)
-    _check_model(lm)
-    rows = torch.arange(prompts.n_queries) if rows is None else check_rows(rows, "rows")
-    bare, prompted = prompts.bare[rows].to(lm.device), prompts.prompted[rows].to(lm.device)
-    aligned = prompts.aligned.to(lm.device)
-    positions = torch.arange(prompted.shape[1], device=lm.device).expand_as(prompted)
-    target = _trace(lm, _Prompt(prompted, None, positions), {"inputs": aligned, "residual": aligned}, logits=False)
-    runner = _LayerRunner(lm, bare)
-    return torch.stack([target.residual[i] - runner.run(i, target.inputs[i], record={"h"})["h"]
-                        for i in range(len(lm.sites))])
+    if not isinstance(data, ThoughtData):
+        raise TypeError(f"data must be a ThoughtData (from thought_data), got {type(data).__name__}")
+    rows = torch.arange(data.prompts.n_queries) if rows is None else check_rows(rows, "rows")
+    runner = data.runner
+    return torch.stack([data.residual[i][rows] - runner.run(i, data.inputs[i][rows], record={"h"})["h"]
+                        for i in range(len(data.inputs))])
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
