@@ -203,6 +203,10 @@ def _layer_hooks(sites, patch: ThoughtLayer | None, store: dict[str, Tensor], re
     if apply:
         for module, cut in zip(sites.first.modules, sites.first.slices):
             hooks.append((module, "post", lambda mod, a, out, cut=cut: out + store["shift_in"][..., cut].to(out.dtype)))
+    if "pre" in record:  # W_s m + b_s, the first-layer outputs (before any patch of this layer)
+        store["pre"] = []
+        for module in sites.first.modules:
+            hooks.append((module, "post", lambda mod, a, out: store["pre"].append(out)))
     needs_g = "g" in record or (apply and patch.out_left is not None)
     if needs_g:
         if sites.down is None:
@@ -292,11 +296,15 @@ class _LayerRunner:
 
     def run(self, index: int, z: Tensor, patch: ThoughtLayer | None = None, record: set[str] = frozenset()) -> dict:
         """Layer ``index`` on ``z``: the recorded quantities and ``"out"``, the layer's output."""
-        store: dict[str, Tensor] = {}
+        store: dict = {}
+        if "pre" in record and patch is not None:
+            raise ValueError("the first-layer outputs are recorded without a patch on this layer")
         registrations = _layer_hooks(self.lm.sites[index], patch, store, set(record))
         calls = [0] * len(registrations)
         with torch.no_grad(), _hooks(registrations, calls):
             store["out"] = _layer_output(self.lm.layers[index](z, **self.kwargs[index]))
+        if "pre" in record:
+            store["pre"] = torch.cat(store["pre"], dim=-1)
         return store
 
 
@@ -307,15 +315,16 @@ class ThoughtData:
 
     Attributes:
         prompts: the task's :class:`ThoughtPrompts`.
-        inputs, mlp_in, residual: per layer, the prompted run's layer input, MLP input and residual
-            stream at the aligned tokens, ``(Q, T, D)`` each.
+        inputs, pre, residual: per layer, the prompted run's layer input ``(Q, T, D)``, first-layer
+            output ``W_s m^p + b_s`` ``(Q, T, H_s)`` and residual stream ``(Q, T, D)`` at the
+            aligned tokens.
         prompted_correct, bare_correct: ``(Q,)`` bool: the greedy answer to the query line (without
             the teacher-forced token) with the context, and without it.
     """
 
     prompts: ThoughtPrompts
     inputs: tuple[Tensor, ...]
-    mlp_in: tuple[Tensor, ...]
+    pre: tuple[Tensor, ...]
     residual: tuple[Tensor, ...]
     prompted_correct: Tensor
     bare_correct: Tensor
@@ -338,12 +347,12 @@ def thought_data(model: nn.Module, prompts: ThoughtPrompts) -> ThoughtData:
     aligned = prompts.aligned.to(lm.device)
     positions = torch.arange(prompted.shape[1], device=lm.device).expand_as(prompted)
     last_query = torch.tensor([prompted.shape[1] - 2], device=lm.device)  # the column before the answer token
-    target = _trace(lm, _Prompt(prompted, None, positions), {"inputs": aligned, "mlp_in": aligned, "residual": aligned},
+    target = _trace(lm, _Prompt(prompted, None, positions), {"inputs": aligned, "pre": aligned, "residual": aligned},
                     logits=last_query)
     return ThoughtData(
         prompts=prompts,
         inputs=tuple(target.inputs),
-        mlp_in=tuple(target.mlp_in),
+        pre=tuple(target.pre),
         residual=tuple(target.residual),
         prompted_correct=_correct(target.logits[:, 0], prompts.answers),  # causal: the answer token is not seen
         bare_correct=_correct(thought_logits(model, None, prompts.bare[:, :-1]), prompts.answers),
@@ -388,9 +397,9 @@ def fit_thought_patch(
     layers = []
     for index, sites in enumerate(lm.sites):
         start = z if sequential else data.inputs[index][rows]
-        seen = runner.run(index, start, record={"h"})
+        seen = runner.run(index, start, record={"h", "pre"})
         a = seen["m"]
-        u = sites.first(data.mlp_in[index][rows]) - sites.first(a)
+        u = data.pre[index][rows] - seen["pre"]  # W_s (m^p − a): the bias cancels
         right, left, unexplained = _fit_map(a, u, ridge, pooled, lm.dtype)
         layer = ThoughtLayer(in_left=left, in_right=right, unexplained=unexplained)
         shift = data.residual[index][rows] - seen["h"]  # Δb′_i (Q, T, D)
