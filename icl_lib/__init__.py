@@ -82,7 +82,7 @@ from .experiments.lm_attribution import (
     alignment_by_kind,
     format_proportion,
     part_effects,
-    static_weight_error,
+    static_patch_errors,
     reference_update,
     wilson_interval,
 )
@@ -141,7 +141,7 @@ __all__ = [
     "ReferenceUpdate",
     "part_effects",
     "PartEffects",
-    "static_weight_error",
+    "static_patch_errors",
     "alignment_by_kind",
     "ablation_scores",
     "Ablation",

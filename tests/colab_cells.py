@@ -43,8 +43,9 @@ TAG_KEY = "icl_lib_release"
 
 # What a chapter installs in Colab beyond icl_lib: its extras, and whether it needs the pretrained
 # model package (the Makefile's SMOLLM2, installed with --no-deps). Keyed by notebook name.
-EXTRAS: dict[str, tuple[str, ...]] = {"11_real_language_model": ("llm",), "12_second_model": ("llm",)}
-NEEDS_MODEL_PACKAGE = {"11_real_language_model", "12_second_model"}
+EXTRAS: dict[str, tuple[str, ...]] = {"11_real_language_model": ("llm",), "11b_inside_the_patches": ("llm",),
+                                      "12_second_model": ("llm",)}
+NEEDS_MODEL_PACKAGE = {"11_real_language_model", "11b_inside_the_patches", "12_second_model"}
 # Chapters that also need Gemma 3 270M: its package, pinned in requirements.txt, installed with its
 # dependencies (its four chunk packages, which it pins exactly).
 NEEDS_GEMMA3 = {"12_second_model"}

@@ -133,14 +133,16 @@ def test_alignment_by_kind_averages_the_right_pairs():
         icl.alignment_by_kind(cos, hidden[:3], ["a"] * 4, ["x"] * 4, [0] * 4)
 
 
-def test_static_weight_error_is_zero_on_the_calibration_rows():
+def test_static_patch_errors_on_calibration_and_held_out_rows():
     model = build("llama", "wide", 0, torch.float64)
     shared = prompt_ids(1, 9, 0).expand(6, 9)
     ids = torch.cat([shared, prompt_ids(6, 2, 1)], dim=1)
     updates = icl.network_update(model, ids, kept_tokens=2)
     patch = icl.fit_lm_static_patch(updates, torch.arange(4))
-    assert icl.static_weight_error(patch, updates, torch.arange(4)).max() <= 1e-10
-    assert icl.static_weight_error(patch, updates, torch.tensor([4, 5])).min() > 1e-3
+    weight, steering = icl.static_patch_errors(patch, updates, torch.arange(4))
+    assert weight.max() <= 1e-10 and steering.min() > 1e-3  # the mean steering vector is no query's own
+    weight, _ = icl.static_patch_errors(patch, updates, torch.tensor([4, 5]))
+    assert weight.min() > 1e-3
 
 
 def test_prefixed_puts_the_prefix_before_every_row():

@@ -48,7 +48,7 @@ __all__ = [
     "reference_update",
     "PartEffects",
     "part_effects",
-    "static_weight_error",
+    "static_patch_errors",
     "alignment_by_kind",
     "Ablation",
     "ablation_scores",
@@ -319,26 +319,29 @@ def bootstrap_interval(
     return low, high
 
 
-def static_weight_error(patch: LanguageStaticPatch, updates: Sequence[ImplicitUpdate], rows: Tensor) -> Tensor:
-    """How far a static patch's weight part is from the exact one at the last kept token: ``(L,)``.
+def static_patch_errors(patch: LanguageStaticPatch, updates: Sequence[ImplicitUpdate], rows: Tensor) -> tuple[Tensor, Tensor]:
+    """How far a static patch is from the exact patches at the last kept token: ``(weight, steering)``, each ``(L,)``.
 
-    For each layer, the mean over ``rows`` of ``‖Γ a_q − u_q‖ / ‖u_q‖``, with ``Γ`` the patch's
-    weight (:func:`icl_lib.fit_lm_static_patch`) and ``a_q``, ``u_q`` the exact reference and left
-    factor of prompt ``q`` (kept-token updates, as for the fit). Near 0 on the calibration rows;
-    on held-out rows it says how much of the exact weight patch the static one reproduces.
+    For each layer, the mean over ``rows`` of ``‖Γ a_q − u_q‖ / ‖u_q‖`` (the weight part: ``Γ``
+    the patch's weight, :func:`icl_lib.fit_lm_static_patch`, and ``a_q``, ``u_q`` the exact
+    reference and left factor of prompt ``q``) and of ``‖Δb′ − Δb′_q‖ / ‖Δb′_q‖`` (the steering
+    part: the patch's mean steering vector against the exact one). ``updates`` are kept-token
+    updates, as for the fit. The weight error is near 0 on the calibration rows; on held-out rows
+    both say how much of the exact patch the static one misses.
     """
     if not isinstance(patch, LanguageStaticPatch):
         raise TypeError(f"patch must be a LanguageStaticPatch, got {type(patch).__name__}")
     if len(updates) != len(patch.layers):
         raise ValueError(f"{len(updates)} updates for a patch of {len(patch.layers)} layers")
-    errors = []
+    weight, steering = [], []
     for layer, update in zip(patch.layers, updates):
         if update.v.ndim != 3:
             raise ValueError("updates must be kept-token updates, u (B, K, H), v (B, K, D)")
-        a, u = update.v[rows, -1], update.u[rows, -1]  # (R, D), (R, H)
+        a, u, b = update.v[rows, -1], update.u[rows, -1], update.delta_b[rows, -1]  # (R, D), (R, H), (R, D)
         fitted = (a @ layer.right[-1]) @ layer.left[-1].T  # (R, Q) then (R, H)
-        errors.append(((fitted - u).norm(dim=-1) / u.norm(dim=-1)).mean())
-    return torch.stack(errors)
+        weight.append(((fitted - u).norm(dim=-1) / u.norm(dim=-1)).mean())
+        steering.append(((layer.delta_b[-1] - b).norm(dim=-1) / b.norm(dim=-1)).mean())
+    return torch.stack(weight), torch.stack(steering)
 
 
 #: The kinds of pairs :func:`alignment_by_kind` averages over, in order.
