@@ -4,16 +4,16 @@ The exact patches of :func:`icl_lib.network_update` turn a prompt ``[C, x]`` int
 weight patch ``ΔW_s`` and one steering vector ``Δb′`` per decoder layer, against the reference
 "``x`` alone". This module asks what each of them does, by intervention rather than by size:
 
-* :func:`ablation_scores` runs the patched model with chosen parts removed (the weight patch or
+* :func:`icl_lib.ablation_scores` runs the patched model with chosen parts removed (the weight patch or
   the steering vector of chosen layers set to zero), many choices in one batched pass, and
   scores each run against the prompted model (KL divergence, greedy token);
-* :func:`reference_update` computes the patches against another reference: the first ``P``
+* :func:`icl_lib.reference_update` computes the patches against another reference: the first ``P``
   tokens of the prompt are kept in the reference run, so the patches carry what the rest of the
   context ``C`` does relative to ``[P, x]`` (a BOS token, a neutral line), not relative to
   ``x`` alone; the theorem's own form ``a = A(C \\ Y, x)`` with ``C \\ Y`` the prefix;
-* :func:`part_effects` splits a layer's prompted-minus-alone output at the query into the
+* :func:`icl_lib.part_effects` splits a layer's prompted-minus-alone output at the query into the
   change the weight patch makes to the MLP output and the steering vector, as vectors;
-* :func:`wilson_interval` and :func:`bootstrap_interval`: the intervals the chapters print.
+* :func:`icl_lib.wilson_interval` and :func:`icl_lib.bootstrap_interval`: the intervals the chapters print.
 
 Shapes: ``B`` prompts, ``L`` decoder layers, ``S`` ablation settings, ``D`` the model width,
 ``V`` the vocabulary, ``P`` prefix tokens and ``K`` kept tokens at the end of each prompt.
@@ -68,7 +68,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ReferenceUpdate:
-    """Patches against the reference ``[P, x]`` (see :func:`reference_update`).
+    """Patches against the reference ``[P, x]`` (see :func:`icl_lib.reference_update`).
 
     Attributes:
         updates: one :class:`icl_lib.ImplicitUpdate` per decoder layer, one patch per token of
@@ -132,12 +132,12 @@ def reference_update(model: nn.Module, input_ids: Tensor, prefix_tokens: int, ke
 
 @dataclass(frozen=True)
 class PartEffects:
-    """A layer's prompted-minus-unpatched output at the last token, split in two (see :func:`part_effects`).
+    """A layer's prompted-minus-unpatched output at the last token, split in two (see :func:`icl_lib.part_effects`).
 
     Attributes:
         change: ``(B, L, D)``, ``MLP_{W+ΔW}(a) − MLP_W(a)``, what the weight patch does.
         steering: ``(B, L, D)``, ``Δb′``.
-        reference: the patches and the reference's tokens (:class:`ReferenceUpdate`).
+        reference: the patches and the reference's tokens (:class:`icl_lib.ReferenceUpdate`).
         logits: ``(B, V)``, the prompted model's logits at the last token.
     """
 
@@ -160,7 +160,7 @@ def part_effects(model: nn.Module, input_ids: Tensor, prefix_tokens: int = 0, ke
     """The two parts of each layer's patch, as what they do to the layer's output at the last token.
 
     For layer ``ℓ`` run on its prompted inputs at the reference's tokens (see
-    :func:`reference_update`), the prompted output at the last token minus the unpatched one is
+    :func:`icl_lib.reference_update`), the prompted output at the last token minus the unpatched one is
     ``[MLP_{W+ΔW}(a) − MLP_W(a)] + Δb′``. Four passes: the prompt, the reference, and the
     reference's tokens with every layer fed its prompted input, unpatched and patched.
     """
@@ -176,7 +176,7 @@ def part_effects(model: nn.Module, input_ids: Tensor, prefix_tokens: int = 0, ke
 
 @dataclass(frozen=True)
 class Ablation:
-    """Scores of patched runs with parts removed (see :func:`ablation_scores`).
+    """Scores of patched runs with parts removed (see :func:`icl_lib.ablation_scores`).
 
     Attributes:
         kl: ``(S, B)``, ``KL(prompted ‖ ablated)`` of the next-token distributions, in nats.
@@ -237,7 +237,7 @@ def ablation_scores(
     Args:
         model: the language model the updates were computed for.
         updates: from :func:`icl_lib.network_update` (``steering="bias"``) or
-            :func:`reference_update`, batch ``B``.
+            :func:`icl_lib.reference_update`, batch ``B``.
         tokens: ``(B, K)``, what the patched model runs (the query, or the reference tokens).
         prompted: ``(B, V)``, the prompted model's logits.
         weight, steering: ``(S, L)`` bool.
@@ -344,7 +344,7 @@ def static_patch_errors(patch: LanguageStaticPatch, updates: Sequence[ImplicitUp
     return torch.stack(weight), torch.stack(steering)
 
 
-#: The kinds of pairs :func:`alignment_by_kind` averages over, in order.
+#: The kinds of pairs :func:`icl_lib.alignment_by_kind` averages over, in order.
 PAIR_KINDS = ("same demonstrations, other query", "other demonstrations, same query",
               "other demonstrations, other query", "other task")
 
@@ -363,7 +363,7 @@ def alignment_by_kind(
 
     Returns:
         ``{kind: (mean patch cosine, mean hidden-state cosine)}`` for the kinds of
-        :data:`PAIR_KINDS` that occur (each pair of distinct prompts counted in both orders).
+        :data:`icl_lib.experiments.lm_attribution.PAIR_KINDS` that occur (each pair of distinct prompts counted in both orders).
     """
     n = patch_cosine.shape[0]
     if patch_cosine.shape != (n, n) or hidden.shape[0] != n or not len(task) == len(demonstrations) == len(query) == n:
@@ -475,12 +475,12 @@ def reference_study(
     """The patches of a task's prompts against the reference ``[prefix, query line]``.
 
     The prompts become ``[prefix, C, x]`` (``x`` the query line, ``prompts.kept_tokens`` tokens),
-    and :func:`part_effects` computes their patches against ``[prefix, x]``. Returns a dict:
+    and :func:`icl_lib.part_effects` computes their patches against ``[prefix, x]``. Returns a dict:
     ``prompt_right`` (right answers of the prompted model), ``reference_right`` and
     ``reference_kl`` (the reference run unpatched, against the prompt), ``error`` (the patched
     run's largest relative logit error), ``weight_norm`` and ``steering_norm`` (``‖ΔW_s‖_F`` and
     ``‖Δb′‖`` at the last token, mean over layers and prompts), ``share`` and ``cosine`` (the
-    mean of :meth:`PartEffects.share` and :meth:`PartEffects.cosine` over layers 2..L),
+    mean of :meth:`icl_lib.PartEffects.share` and :meth:`icl_lib.PartEffects.cosine` over layers 2..L),
     ``static_right`` and ``static_kl`` (a static patch fitted on ``calibration`` and scored on
     ``held_out``), and ``updates``.
     """
@@ -514,12 +514,12 @@ WHOLE_NETWORK = ("all patches", "no patch", "weight patches only", "steering vec
 
 
 def ablation_settings(n_layers: int, grid: Sequence[int]) -> tuple[Tensor, Tensor, list[str]]:
-    """The settings the chapters run through :func:`ablation_scores`: ``(weight, steering, names)``.
+    """The settings the chapters run through :func:`icl_lib.ablation_scores`: ``(weight, steering, names)``.
 
     For each layer ``ℓ`` of ``grid`` (1-based), in three blocks of ``len(grid)`` rows: every
     patch of layers ``≤ ℓ`` and none above (``"≤ ℓ"``); all patches but the weight patch of layer
     ``ℓ`` (``"no ΔW_s ℓ"``); all but its steering vector (``"no Δb′ ℓ"``). Then the six settings
-    of :data:`WHOLE_NETWORK`. ``weight`` and ``steering`` are ``(3·len(grid) + 6, n_layers)`` bool.
+    of :data:`icl_lib.experiments.lm_attribution.WHOLE_NETWORK`. ``weight`` and ``steering`` are ``(3·len(grid) + 6, n_layers)`` bool.
     """
     n_layers = _check_count(n_layers, "n_layers", 1)
     if not grid or any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= n_layers for g in grid):
