@@ -48,7 +48,7 @@ from .core.metrics import alignment_factors, frobenius_alignment, relative_error
 from .core.seeding import seed_everything
 from .core.trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
 from .core.update import ImplicitUpdate
-from .experiments import fewshot, lm_compression, plotting, proofs
+from .experiments import fewshot, lm_attribution, lm_compression, plotting, proofs
 from .experiments.glue import glue
 from .experiments.gd_comparison import (
     GDComparison,
@@ -83,6 +83,19 @@ from .experiments.finetune import (
     distill_first_weight,
     finetune_first_weight,
     finetune_online,
+)
+from .experiments.lm_attribution import (
+    Ablation,
+    ReferenceUpdate,
+    ablation_scores,
+    bootstrap_interval,
+    PartEffects,
+    alignment_by_kind,
+    format_proportion,
+    part_effects,
+    static_patch_errors,
+    reference_update,
+    wilson_interval,
 )
 from .experiments.lm_compression import apply_lm_static_patch, fit_lm_static_patch, next_token_kl, transported_logits
 from .experiments.memory import PowerLawFit, bootstrap_exponents, power_law_fit, token_influence
@@ -137,6 +150,18 @@ __all__ = [
     "apply_lm_static_patch",
     "transported_logits",
     "next_token_kl",
+    "lm_attribution",
+    "reference_update",
+    "ReferenceUpdate",
+    "part_effects",
+    "PartEffects",
+    "static_patch_errors",
+    "alignment_by_kind",
+    "ablation_scores",
+    "Ablation",
+    "wilson_interval",
+    "format_proportion",
+    "bootstrap_interval",
     # symbolic proofs
     "proofs",
     # the book's plotting helpers, and numbers glued into the prose

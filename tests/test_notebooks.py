@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 # Every notebook of the book: the introduction (book/intro.ipynb, the root page) and the chapters.
 NOTEBOOKS = sorted(p for p in BOOK.glob("*.ipynb"))
-CHAPTER_NAME = re.compile(r"\d\d_[a-z0-9_]+\.ipynb")
+CHAPTER_NAME = re.compile(r"\d\d[a-z]?_[a-z0-9_]+\.ipynb")  # 11b: a chapter split after 11
 CHAPTERS = [p for p in NOTEBOOKS if CHAPTER_NAME.fullmatch(p.name)]
 
 # Paths of this or any machine, and object reprs with memory addresses, must not leak into outputs.
