@@ -94,15 +94,6 @@ def test_bad_inputs():
         tp.cross_fitted_accuracy(model, data, folds=1)
     with pytest.raises(TypeError, match="parallel"):
         tp.thought_data(tiny_lms.build("gpt_neox", "small"), prompts)
-    with pytest.raises(ValueError, match="trials"):
-        tp.wilson_interval(1, 0)
-
-
-def test_wilson_interval():
-    low, high = tp.wilson_interval(0, 10)
-    assert low == 0.0 and 0.27 < high < 0.28  # the known 95 % bound for 0 of 10
-    low, high = tp.wilson_interval(5, 10)
-    assert abs((low + high) / 2 - 0.5) < 1e-12 and 0.23 < low < 0.24
 
 
 @pytest.mark.parametrize("family", FAMILIES)

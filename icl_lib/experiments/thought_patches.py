@@ -58,7 +58,6 @@ __all__ = [
     "thought_logits",
     "cross_fitted_accuracy",
     "residual_shifts",
-    "wilson_interval",
 ]
 
 #: How the residual shift ``Δb′`` enters a thought patch (see the module docstring).
@@ -483,15 +482,3 @@ def residual_shifts(model: nn.Module, data: ThoughtData, rows: Tensor | None = N
     runner = data.runner
     return torch.stack([data.residual[i][rows] - runner.run(i, data.inputs[i][rows], record={"h"})["h"]
                         for i in range(len(data.inputs))])
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95 % for ``z = 1.96``): ``(low, high)``."""
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive int, got {trials!r}")
-    if isinstance(successes, bool) or not isinstance(successes, int) or not 0 <= successes <= trials:
-        raise ValueError(f"successes must be an int in [0, {trials}], got {successes!r}")
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z / (1 + z * z / trials) * (p * (1 - p) / trials + z * z / (4 * trials * trials)) ** 0.5
-    return max(0.0, centre - half), min(1.0, centre + half)
