@@ -34,6 +34,25 @@ def test_patches_against_a_prefix_reference_reproduce_the_prompt(family, prefix,
                                        u.n_tokens, u.position_ids) for u in ref.updates], ref.tokens), prompted) > 1e-3
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3", "gpt2"])
+def test_the_reference_query_reads_its_prefix_across_the_position_gap(family):
+    # transformers reads a jump in position ids without a mask as the border of two packed
+    # sequences; the library's explicit mask must let the query attend to the prefix.
+    model = build(family, "small", 3, torch.float64)
+    ids = prompt_ids(2, 5, 3)  # within the tiny Gemma 2's window of 5 positions
+    ref = icl.reference_update(model, ids, 2, 1)
+    positions = torch.tensor([0, 1, ids.shape[1] - 1]).expand(2, 3)
+    zero = [icl.ImplicitUpdate(torch.zeros_like(u.u), u.v, torch.zeros_like(u.delta_b), u.position,
+                               u.n_tokens, u.position_ids) for u in ref.updates]
+    with torch.no_grad():
+        ours = icl.forward_with_updates(model, zero, ref.tokens)
+        seen = model(input_ids=ref.tokens, position_ids=positions, use_cache=False,
+                     attention_mask=torch.ones_like(ref.tokens)).logits[:, -1]
+        packed = model(input_ids=ref.tokens, position_ids=positions, use_cache=False).logits[:, -1]
+    assert relative_error(ours, seen) <= TOLERANCE[torch.float64]
+    assert relative_error(packed, seen) > 1e-3  # what the run would be without the explicit mask
+
+
 def test_no_prefix_is_network_update_with_kept_tokens():
     model = build("qwen3", "small", 1, torch.float64)
     ids = prompt_ids(2, 9, 1)

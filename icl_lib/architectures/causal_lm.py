@@ -428,8 +428,9 @@ def _trace(
     for index, sites in enumerate(lm.sites):
         registrations += _layer_hooks(index, sites, trace, record, inputs, patches)
     calls = [0] * len(registrations)
-    arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask, position_ids=prompt.positions,
-                     use_cache=cache is not None)
+    gaps = None if cache is not None else _gap_mask(lm, prompt)
+    arguments = dict(input_ids=prompt.ids, attention_mask=prompt.mask if gaps is None else gaps,
+                     position_ids=prompt.positions, use_cache=cache is not None)
     if cache is not None and cache is not True:
         arguments["cache"] = cache
     with torch.no_grad(), _hooks(registrations, calls):
@@ -1008,6 +1009,52 @@ def _layer_windows(lm: _LanguageModel) -> dict[str, int | None]:
         return {kind: (window if kind == "sliding_attention" else None) for kind in set(types)}
     return {"full_attention" if window is None else "sliding_attention": window}
 
+def _check_mask_format(lm: _LanguageModel, caller: str) -> None:
+    """Refuse a model whose attention reads masks in a format :func:`_explicit_masks` does not write."""
+    implementation = getattr(lm.model.config, "_attn_implementation", None)
+    if implementation not in _MASK_FORMATS:
+        raise ValueError(
+            f"{caller} writes its own attention masks for attn_implementation in {_MASK_FORMATS}; the "
+            f"{type(lm.model).__name__} uses {implementation!r}: load it with attn_implementation='sdpa'"
+        )
+    if getattr(lm.model.config, "alibi", False):
+        raise ValueError(f"{caller} does not support ALiBi position biases (they are computed from the attention "
+                         "mask, which it replaces)")
+
+
+def _explicit_masks(lm: _LanguageModel, allowed: Tensor, positions: Tensor) -> Tensor | dict[str, Tensor]:
+    """The model's attention masks ``(B, 1, Q, KV)`` from ``allowed (B, Q, KV)`` (True: query may read key),
+    narrowed to each sliding layer's window counted in position ids ``(B, T)``; one mask, or one per
+    layer type when the layers differ, in the format the attention implementation reads."""
+    eager = getattr(lm.model.config, "_attn_implementation", None) == "eager"
+    masks = {}
+    for kind, window in _layer_windows(lm).items():
+        mask = allowed if window is None else allowed & (positions[:, :, None] - positions[:, None, :] < window)
+        if eager:
+            mask = torch.zeros(mask.shape, dtype=lm.dtype, device=mask.device).masked_fill_(~mask, torch.finfo(lm.dtype).min)
+        masks[kind] = mask[:, None]
+    return masks if len(masks) > 1 else next(iter(masks.values()))
+
+
+def _gap_mask(lm: _LanguageModel, prompt: _Prompt) -> Tensor | dict[str, Tensor] | None:
+    """An explicit causal mask for a prompt without one whose position ids skip (a reference that keeps a
+    prefix and the query at their prompt positions), else None.
+
+    Given position ids and no mask, ``transformers`` reads every jump in the ids as the border of
+    two *packed* sequences and blocks attention across it, so the query would not see the prefix.
+    """
+    positions = prompt.positions
+    if prompt.mask is not None or positions.shape[1] < 2:
+        return None
+    steps = positions.diff(dim=-1)
+    if bool((steps == 1).all()):
+        return None
+    if bool((steps < 1).any()):
+        raise ValueError("position ids must increase along each prompt")
+    _check_mask_format(lm, "a run whose position ids skip")
+    return _explicit_masks(lm, positions[:, None, :] <= positions[:, :, None], positions)
+
+
 
 def _one_pass_trajectory(
     lm: _LanguageModel, prompt: _Prompt, counts: Tensor, lengths: tuple[int, ...], kept: int, logits: bool
@@ -1022,15 +1069,7 @@ def _one_pass_trajectory(
     exactly what the truncated prompt computes at its last ``K`` tokens. The per-layer references
     run all steps' kept tokens alone in one batch.
     """
-    implementation = getattr(lm.model.config, "_attn_implementation", None)
-    if implementation not in _MASK_FORMATS:
-        raise ValueError(
-            f"implicit_trajectory writes its own attention masks for attn_implementation in {_MASK_FORMATS}; the "
-            f"{type(lm.model).__name__} uses {implementation!r}: load it with attn_implementation='sdpa'"
-        )
-    if getattr(lm.model.config, "alibi", False):
-        raise ValueError("implicit_trajectory does not support ALiBi position biases (they are computed from the "
-                         "attention mask, which the one-pass trajectory replaces)")
+    _check_mask_format(lm, "implicit_trajectory")
     b, t = prompt.ids.shape
     n_steps, device = len(lengths), prompt.ids.device
     width = t - kept  # prompt columns before the kept tokens (left padding included)
@@ -1056,13 +1095,7 @@ def _one_pass_trajectory(
     allowed = real[:, None, :] & (within_context | within_copy | prefix)
     eye = torch.eye(ids.shape[1], dtype=torch.bool, device=device)
     allowed = allowed | (eye[None] & ~real[:, :, None])  # a padding column attends to itself: no empty row
-    masks = {}
-    for kind, window in _layer_windows(lm).items():
-        mask = allowed if window is None else allowed & (positions[:, :, None] - positions[:, None, :] < window)
-        if implementation == "eager":
-            mask = torch.zeros(mask.shape, dtype=lm.dtype, device=device).masked_fill_(~mask, torch.finfo(lm.dtype).min)
-        masks[kind] = mask[:, None]  # (B, 1, Q, KV)
-    mask = masks if len(masks) > 1 else next(iter(masks.values()))
+    mask = _explicit_masks(lm, allowed, positions)
     copies = width + torch.arange(n_steps * kept, device=device)  # the copies' columns
     last = width + torch.arange(n_steps, device=device) * kept + kept - 1  # each copy's last column
     at = copies if kept > 1 else last
