@@ -76,6 +76,22 @@ def test_cross_fitted_accuracy_shapes():
     assert data.prompted_correct.tolist() == [int(w) in a for w, a in zip(want, prompts.answers)]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patched_drift_is_zero_for_the_exact_patch_and_not_without_one(family):
+    model = tiny_lms.build(family, "small")
+    prompts = _prompts(q=1)
+    data = tp.thought_data(model, prompts)
+    exact = tp.fit_thought_patch(model, data, pooled=False, ridge=0.0, output="vector")
+    rows = torch.arange(1)
+    drift = tp.patched_drift(model, data, exact, rows)
+    assert drift.shape == (len(exact.layers) - 1, 1) and drift.max() < 1e-5
+    none = tp.ThoughtPatch(tuple(tp.ThoughtLayer(torch.zeros_like(l.in_left), l.in_right) for l in exact.layers),
+                           True, False, 0.0, "none", 1)
+    assert tp.patched_drift(model, data, none, rows).max() > 1e-2
+    with pytest.raises(ValueError, match="one layer per decoder layer"):
+        tp.patched_drift(model, data, tp.ThoughtPatch(exact.layers[:1], True, False, 0.0, "vector", 1), rows)
+
+
 def test_bad_inputs():
     model = tiny_lms.build("llama", "small")
     prompts = _prompts()

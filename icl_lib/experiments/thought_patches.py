@@ -57,6 +57,7 @@ __all__ = [
     "fit_thought_patch",
     "thought_logits",
     "cross_fitted_accuracy",
+    "patched_drift",
     "residual_shifts",
 ]
 
@@ -468,6 +469,28 @@ def cross_fitted_accuracy(model: nn.Module, data: ThoughtData, folds: int = 2, *
         logits = thought_logits(model, patch, data.prompts.bare[held][:, :-1])
         patched[held] = _correct(logits, tuple(data.prompts.answers[i] for i in held.tolist()))
     return patched
+
+
+def patched_drift(model: nn.Module, data: ThoughtData, patch: ThoughtPatch, rows: Tensor) -> Tensor:
+    """How far the bare run with ``patch`` strays from the prompted run, layer by layer: ``(L − 1, R)``.
+
+    Row ``ℓ − 1`` is ``‖z_ℓ − z^p_ℓ‖ / ‖z^p_ℓ‖`` at the last token of the query line (the aligned
+    token before the teacher-forced answer), ``z_ℓ`` the output of layer ``ℓ`` (the input of layer
+    ``ℓ + 1``) in the patched bare run of the queries ``rows``, ``z^p_ℓ`` the prompted run's, for
+    ``ℓ = 1 … L − 1``.
+    """
+    if not isinstance(data, ThoughtData):
+        raise TypeError(f"data must be a ThoughtData (from thought_data), got {type(data).__name__}")
+    if not isinstance(patch, ThoughtPatch) or len(patch.layers) != len(data.inputs):
+        raise ValueError(f"patch must be a ThoughtPatch with one layer per decoder layer ({len(data.inputs)})")
+    rows = check_rows(rows, "rows")
+    runner, column = data.runner, data.prompts.bare.shape[1] - 2
+    z, drift = runner.embedded[rows], []
+    for index, layer in enumerate(patch.layers[:-1]):
+        z = runner.run(index, z, layer)["out"]
+        target = data.inputs[index + 1][rows][:, column]
+        drift.append((z[:, column] - target).norm(dim=-1) / target.norm(dim=-1))
+    return torch.stack(drift)
 
 
 def residual_shifts(model: nn.Module, data: ThoughtData, rows: Tensor | None = None) -> Tensor:
