@@ -110,7 +110,9 @@ def glue_references(nb: dict) -> list[tuple[int, str]]:
     for index, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "markdown":
             source = "".join(cell["source"])
-            found += [(index, ref.split(":")[0]) for ref in GLUE.findall(source)]
+            for ref in GLUE.findall(source):  # "key:fmt", or "OTHER.ipynb::key:fmt" (another chapter's)
+                other, _, rest = ref.rpartition("::")
+                found.append((index, f"{other}::{rest.split(':')[0]}" if other else ref.split(":")[0]))
     return found
 
 
@@ -151,5 +153,10 @@ def test_every_number_in_the_prose_is_glued_printed_or_listed(path: Path):
 def test_every_glue_reference_has_its_value_in_the_chapter(path: Path):
     nb = load(path)
     _, names = outputs_and_glue(nb)
-    missing = [(index, name) for index, name in glue_references(nb) if name not in names]
+
+    def glued(name: str) -> bool:
+        other, _, key = name.rpartition("::")
+        return key in (outputs_and_glue(load(path.parent / other))[1] if other else names)
+
+    missing = [(index, name) for index, name in glue_references(nb) if not glued(name)]
     assert not missing, f"{path.name}: glue references without a glued value: {missing}"
