@@ -1,4 +1,4 @@
-"""book/notation.md lists every symbol of chapters 1-10 once (issue 21, item 6).
+"""book/notation.md lists every symbol of chapters 1-15 once (issue 21, item 6).
 
 The symbols are read from the maths of the chapters' markdown and from the first column of the
 tables of notation.md. A symbol is its letter (Latin or Greek, with a leading \\Delta) and its
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
-CHAPTERS = sorted(p for p in BOOK.glob("[0-9][0-9]_*.ipynb") if 1 <= int(p.name[:2]) <= 10)
+CHAPTERS = sorted(p for p in BOOK.glob("[0-9][0-9]_*.ipynb") if 1 <= int(p.name[:2]) <= 15)
 
 GREEK = (r"\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|"
          r"xi|pi|rho|sigma|tau|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|Lambda|Sigma|Phi|Psi|Omega)")
@@ -52,7 +52,7 @@ SAME_LETTER: dict[str, str] = {
     "M": "the MLP M_W (always with its subscript W) and ch. 10's matrix M of the a_k",
     "T": "the prompt length T and the block T_W (always with its subscript W)",
     "\\Delta b'": "the output-bias shift, of block l and of position p",
-    "K": "notation.md lists chapter 11's K once; the test reads chapters 1-10 only",
+    "o": "logit vectors o_prompt, o_patched (ch. 11) and a head's activation o^(l)_k (ch. 15), told apart by their names",
 }
 
 # Letters of chapters 1-10 that notation.md does not list, each local to one place and defined
