@@ -52,6 +52,7 @@ __all__ = [
     "ThoughtLayer",
     "ThoughtPatch",
     "ThoughtData",
+    "LayerRunner",
     "thought_prompts",
     "thought_data",
     "fit_thought_patch",
@@ -270,11 +271,13 @@ def _scale_fit(n: Tensor, targets: Tensor, ridge: float, pooled: bool) -> Tensor
     return (ratio[None] if pooled else ratio).to(n.dtype)
 
 
-class _LayerRunner:
-    """Runs decoder layers one at a time on ``(Q, T, D)`` inputs, with the keyword arguments
-    (position embeddings, masks) the model passed them in one recorded pass of ``ids``."""
+class LayerRunner:
+    """Runs the decoder layers of ``model`` one at a time on ``(Q, T, D)`` inputs, with the keyword
+    arguments (position embeddings, masks) the model passed them in one recorded pass of the token
+    ids ``ids (Q, T)``; ``embedded`` is that pass's input of the first layer."""
 
-    def __init__(self, lm: _LanguageModel, ids: Tensor):
+    def __init__(self, model: nn.Module, ids: Tensor):
+        lm = _language_model(model)
         self.lm = lm
         self.kwargs: list[dict] = []
         first: list[Tensor] = []
@@ -320,6 +323,7 @@ class ThoughtData:
             aligned tokens.
         prompted_correct, bare_correct: ``(Q,)`` bool: the greedy answer to the query line (without
             the teacher-forced token) with the context, and without it.
+        runner: the :class:`LayerRunner` of the bare rows.
     """
 
     prompts: ThoughtPrompts
@@ -328,7 +332,7 @@ class ThoughtData:
     residual: tuple[Tensor, ...]
     prompted_correct: Tensor
     bare_correct: Tensor
-    runner: "_LayerRunner"
+    runner: "LayerRunner"
 
     @property
     def filtered(self) -> Tensor:
@@ -356,7 +360,7 @@ def thought_data(model: nn.Module, prompts: ThoughtPrompts) -> ThoughtData:
         residual=tuple(target.residual),
         prompted_correct=answer_accuracy(target.logits[:, 0], prompts.answers),  # causal: the answer token is not seen
         bare_correct=answer_accuracy(thought_logits(model, None, prompts.bare[:, :-1]), prompts.answers),
-        runner=_LayerRunner(lm, prompts.bare.to(lm.device)),
+        runner=LayerRunner(model, prompts.bare.to(lm.device)),
     )
 
 
