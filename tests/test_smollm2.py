@@ -138,3 +138,17 @@ def test_benchmark_section_h_measures_the_patches_against_a_forward_pass(smollm2
     assert set(m.wall) == {"forward", "query", "all"} and all(t > 0 for t in m.wall.values())
     assert m.error <= 1e-4 and m.ratio("forward") == 1.0
     assert m.peak_mib["all"] > m.peak_mib["query"] > 0
+
+
+@pytest.mark.parametrize("bos, start", [(True, ()), (False, ()), (False, (28, 29)), (True, (28,))])
+def test_thought_prompts_share_their_start_and_align_on_it(smollm2, bos, start):
+    from icl_lib import thought_patches as tp
+
+    tokenizer = smollm2[2]
+    prompts = tp.thought_prompts(icl.TASKS["capitals"], tokenizer, 3, 5, bos=bos, start=start)
+    shared = ([tokenizer.bos_token_id] if bos else []) + list(start)
+    assert prompts.start_tokens == len(shared)
+    assert prompts.prompted[:, : len(shared)].tolist() == [shared] * 5 == prompts.bare[:, : len(shared)].tolist()
+    assert torch.equal(prompts.prompted[:, prompts.aligned], prompts.bare)
+    with pytest.raises(ValueError, match="start must be a sequence of token ids"):
+        tp.thought_prompts(icl.TASKS["capitals"], tokenizer, 3, 5, start="Here")

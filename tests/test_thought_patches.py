@@ -18,7 +18,7 @@ def _prompts(q: int = 3, context: int = 5, tail: int = 4, seed: int = 0) -> tp.T
     bos = torch.ones(q, 1, dtype=torch.long)
     answers = tuple((int(a),) for a in ids[:, -1])
     return tp.ThoughtPrompts(prompted=torch.cat([bos, shared, ids], 1), bare=torch.cat([bos, ids], 1),
-                             answers=answers, has_bos=True)
+                             answers=answers, start_tokens=1)
 
 
 def _full_logits(model, ids):
@@ -174,7 +174,7 @@ def test_vector_sweep_shapes_and_no_edit_row():
     shared = tiny_lms.prompt_ids(1, context, seed=8).expand(q, context)
     bos = torch.ones(q, 1, dtype=torch.long)
     prompts = tp.ThoughtPrompts(prompted=torch.cat([bos, shared, ids], 1), bare=torch.cat([bos, ids], 1),
-                                answers=tuple((int(a),) for a in ids[:, -1]), has_bos=True,
+                                answers=tuple((int(a),) for a in ids[:, -1]), start_tokens=1,
                                 demonstration_answers=(2, 4, 6))
     data = tp.thought_data(model, prompts)
     sweep = fv.vector_sweep(model, data, n_heads=2, n_scan=2)

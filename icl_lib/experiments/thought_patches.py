@@ -37,6 +37,7 @@ model), so a sequential fit costs about three passes of the bare input, not one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,26 +72,26 @@ class ThoughtPrompts:
     """Prompted and bare token ids of one task, aligned on their last tokens.
 
     Attributes:
-        prompted: ``(Q, T_p)`` ``[BOS, context, query line, y]`` (BOS only where the tokenizer has one).
-        bare: ``(Q, T)`` ``[BOS, query line, y]``; ``y`` is the first token of the query's first
+        prompted: ``(Q, T_p)`` ``[S, context, query line, y]``, ``S`` the shared start (a BOS
+            token where the tokenizer has one, by default).
+        bare: ``(Q, T)`` ``[S, query line, y]``; ``y`` is the first token of the query's first
             accepted answer (teacher forcing).
         answers: per query, the accepted first tokens of its answer.
-        has_bos: whether a BOS token starts both rows.
+        start_tokens: ``P``, the length of the shared start ``S`` (0: none).
         demonstration_answers: the columns of ``prompted`` that hold the demonstrations' answers.
     """
 
     prompted: Tensor
     bare: Tensor
     answers: tuple[tuple[int, ...], ...]
-    has_bos: bool
+    start_tokens: int
     demonstration_answers: tuple[int, ...] = ()
 
     @property
     def aligned(self) -> Tensor:
         """The columns of ``prompted`` aligned with the ``T`` columns of ``bare``: ``(T,)`` long."""
-        t, tp = self.bare.shape[1], self.prompted.shape[1]
-        tail = torch.arange(tp - (t - 1 if self.has_bos else t), tp)
-        return torch.cat([torch.zeros(1, dtype=torch.long), tail]) if self.has_bos else tail
+        t, tp, p = self.bare.shape[1], self.prompted.shape[1], self.start_tokens
+        return torch.cat([torch.arange(p), torch.arange(tp - (t - p), tp)])
 
     @property
     def n_queries(self) -> int:
@@ -98,13 +99,14 @@ class ThoughtPrompts:
 
 
 def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: int | None = None,
-                    bos: bool = True) -> ThoughtPrompts:
+                    bos: bool = True, start: Sequence[int] = ()) -> ThoughtPrompts:
     """The prompted and bare rows of ``task`` (see :class:`ThoughtPrompts`).
 
     The context is the ``n_examples`` demonstrations; a retrieval task (per-query
     demonstrations) is refused, since a thought patch condenses one context shared by all queries.
-    With ``bos=False`` (or a tokenizer without one) no BOS token starts the rows: the bare row is
-    then the query line alone, the reference of chapters 11 and 12.
+    Both rows start with the tokenizer's BOS token (``bos=True``, where it has one) followed by
+    the token ids ``start`` (a neutral line, say). With ``bos=False`` and no ``start`` the bare row
+    is the query line alone, the reference of chapters 11 and 12.
     """
     if task.retrieval:
         raise ValueError(f"task {task.name!r} shows each query its own demonstrations; a thought patch needs one "
@@ -114,8 +116,11 @@ def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: in
     with_context = task_prompts(task, tokenizer, n_examples, n_queries)
     alone = task_prompts(task, tokenizer, 0, n_queries)
     answer = torch.tensor([[accepted[0]] for accepted in with_context.answers])
+    if isinstance(start, (str, bytes)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in start):
+        raise ValueError(f"start must be a sequence of token ids (ints), got {start!r}")
     bos = getattr(tokenizer, "bos_token_id", None) if bos else None
-    start = torch.full((answer.shape[0], 1 if bos is not None else 0), bos if bos is not None else 0, dtype=torch.long)
+    shared = ([bos] if bos is not None else []) + list(start)
+    start = torch.tensor(shared, dtype=torch.long).expand(answer.shape[0], len(shared))
     offset = start.shape[1]
     columns = tuple(offset + j * with_context.example_tokens + with_context.kept_tokens for j in range(n_examples))
     for column, (_, shown) in zip(columns, task.demonstrations[:n_examples]):
@@ -125,7 +130,7 @@ def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: in
         prompted=torch.cat([start, with_context.input_ids, answer], dim=1),
         bare=torch.cat([start, alone.input_ids, answer], dim=1),
         answers=with_context.answers,
-        has_bos=bos is not None,
+        start_tokens=offset,
         demonstration_answers=columns,
     )
 
