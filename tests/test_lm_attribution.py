@@ -24,10 +24,14 @@ def test_patches_against_a_prefix_reference_reproduce_the_prompt(family, prefix,
         prompted = model(ids).logits[:, -1]
     patched = icl.forward_with_updates(model, ref.updates, ref.tokens)
     assert relative_error(patched, prompted) <= TOLERANCE[torch.float64]
-    if prefix:  # a causal model computes the prefix without looking at what follows: no patch there
+    if prefix:  # a causal model computes the prefix without looking at what follows: no patch there,
+        # up to rounding. Gemma 2's RMSNorm computes in float32 even in a float64 model, and under AVX2
+        # the same row rounds differently in runs of another length (1.2e-7 measured), so its bound is
+        # float32's.
+        bound = 1e-5 if family == "gemma2" else 1e-12
         for update in ref.updates:
-            assert update.u[:, :prefix].abs().max() <= 1e-12 * update.u[:, -1].abs().max()
-            assert update.delta_b[:, :prefix].abs().max() <= 1e-12 * update.delta_b[:, -1].abs().max()
+            assert update.u[:, :prefix].abs().max() <= bound * update.u[:, -1].abs().max()
+            assert update.delta_b[:, :prefix].abs().max() <= bound * update.delta_b[:, -1].abs().max()
     with torch.no_grad():  # the reference run without patches is not the prompt
         assert relative_error(icl.forward_with_updates(
             model, [icl.ImplicitUpdate(torch.zeros_like(u.u), u.v, torch.zeros_like(u.delta_b), u.position,
