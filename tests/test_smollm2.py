@@ -152,3 +152,17 @@ def test_thought_prompts_share_their_start_and_align_on_it(smollm2, bos, start):
     assert torch.equal(prompts.prompted[:, prompts.aligned], prompts.bare)
     with pytest.raises(ValueError, match="start must be a sequence of token ids"):
         tp.thought_prompts(icl.TASKS["capitals"], tokenizer, 3, 5, start="Here")
+
+
+def test_an_instruction_is_a_context_the_bare_row_lacks(smollm2):
+    from icl_lib import thought_patches as tp
+
+    tokenizer = smollm2[2]
+    told = tokenizer("Name the capital city of each country.\n", add_special_tokens=False).input_ids
+    prompts = tp.thought_prompts(icl.TASKS["capitals"], tokenizer, 0, 5, instruction=told)
+    bare = tp.thought_prompts(icl.TASKS["capitals"], tokenizer, 1, 5)
+    assert prompts.prompted.shape[1] == prompts.bare.shape[1] + len(told)
+    assert prompts.prompted[0, 1 : 1 + len(told)].tolist() == told and prompts.demonstration_answers == ()
+    assert torch.equal(prompts.bare, bare.bare) and torch.equal(prompts.prompted[:, prompts.aligned], prompts.bare)
+    with pytest.raises(ValueError, match="n_examples must be an int >= 1"):
+        tp.thought_prompts(icl.TASKS["capitals"], tokenizer, 0, 5)

@@ -98,39 +98,50 @@ class ThoughtPrompts:
         return self.bare.shape[0]
 
 
+def _token_ids(ids: object, name: str) -> list[int]:
+    if isinstance(ids, (str, bytes)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise ValueError(f"{name} must be a sequence of token ids (ints), got {ids!r}")
+    return list(ids)
+
+
 def thought_prompts(task: FewShotTask, tokenizer, n_examples: int, n_queries: int | None = None,
-                    bos: bool = True, start: Sequence[int] = ()) -> ThoughtPrompts:
+                    bos: bool = True, start: Sequence[int] = (), instruction: Sequence[int] = ()) -> ThoughtPrompts:
     """The prompted and bare rows of ``task`` (see :class:`ThoughtPrompts`).
 
-    The context is the ``n_examples`` demonstrations; a retrieval task (per-query
-    demonstrations) is refused, since a thought patch condenses one context shared by all queries.
-    Both rows start with the tokenizer's BOS token (``bos=True``, where it has one) followed by
-    the token ids ``start`` (a neutral line, say). With ``bos=False`` and no ``start`` the bare row
-    is the query line alone, the reference of chapters 11 and 12.
+    The context, which the bare row lacks, is the token ids ``instruction`` (an instruction line,
+    say; none by default) followed by the ``n_examples`` demonstrations (0 only after an
+    instruction); a retrieval task (per-query demonstrations) is refused, since a thought patch
+    condenses one context shared by all queries. Both rows start with the tokenizer's BOS token
+    (``bos=True``, where it has one) followed by the token ids ``start`` (a neutral line, say).
+    With ``bos=False`` and no ``start`` the bare row is the query line alone, the reference of
+    chapters 11 and 12.
     """
     if task.retrieval:
         raise ValueError(f"task {task.name!r} shows each query its own demonstrations; a thought patch needs one "
                          "shared context")
-    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-        raise ValueError(f"n_examples must be a positive int (the context), got {n_examples!r}")
+    instruction = _token_ids(instruction, "instruction")
+    least = 0 if instruction else 1
+    if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < least:
+        raise ValueError(f"n_examples must be an int >= {least} (the context is the instruction and the "
+                         f"demonstrations), got {n_examples!r}")
     with_context = task_prompts(task, tokenizer, n_examples, n_queries)
     alone = task_prompts(task, tokenizer, 0, n_queries)
     answer = torch.tensor([[accepted[0]] for accepted in with_context.answers])
-    if isinstance(start, (str, bytes)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in start):
-        raise ValueError(f"start must be a sequence of token ids (ints), got {start!r}")
     bos = getattr(tokenizer, "bos_token_id", None) if bos else None
-    shared = ([bos] if bos is not None else []) + list(start)
-    start = torch.tensor(shared, dtype=torch.long).expand(answer.shape[0], len(shared))
-    offset = start.shape[1]
+    shared = ([bos] if bos is not None else []) + _token_ids(start, "start")
+    rows = answer.shape[0]
+    start = torch.tensor(shared, dtype=torch.long).expand(rows, len(shared))
+    told = torch.tensor(instruction, dtype=torch.long).expand(rows, len(instruction))
+    offset = start.shape[1] + told.shape[1]
     columns = tuple(offset + j * with_context.example_tokens + with_context.kept_tokens for j in range(n_examples))
     for column, (_, shown) in zip(columns, task.demonstrations[:n_examples]):
         if with_context.input_ids[0, column - offset] != tokenizer(" " + shown, add_special_tokens=False).input_ids[0]:
             raise ValueError(f"task {task.name!r}: a demonstration line is not 'query line, answer, newline' in tokens")
     return ThoughtPrompts(
-        prompted=torch.cat([start, with_context.input_ids, answer], dim=1),
+        prompted=torch.cat([start, told, with_context.input_ids, answer], dim=1),
         bare=torch.cat([start, alone.input_ids, answer], dim=1),
         answers=with_context.answers,
-        start_tokens=offset,
+        start_tokens=start.shape[1],
         demonstration_answers=columns,
     )
 
