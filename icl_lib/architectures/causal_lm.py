@@ -988,8 +988,9 @@ def lm_trajectory(
     return _one_pass_trajectory(lm, prompt, counts, lengths, kept, logits)
 
 
-#: The attention implementations whose masks the one-pass trajectory writes: a boolean mask
-#: (True: attend) for PyTorch's scaled_dot_product_attention, an additive one for eager attention.
+#: The attention implementations whose masks the library writes (the one-pass trajectory, runs whose
+#: position ids skip): a boolean mask (True: attend) for PyTorch's scaled_dot_product_attention, an
+#: additive one for eager attention.
 _MASK_FORMATS = ("sdpa", "eager")
 
 
@@ -1008,6 +1009,7 @@ def _layer_windows(lm: _LanguageModel) -> dict[str, int | None]:
     if types:
         return {kind: (window if kind == "sliding_attention" else None) for kind in set(types)}
     return {"full_attention" if window is None else "sliding_attention": window}
+
 
 def _check_mask_format(lm: _LanguageModel, caller: str) -> None:
     """Refuse a model whose attention reads masks in a format :func:`_explicit_masks` does not write."""
@@ -1053,7 +1055,6 @@ def _gap_mask(lm: _LanguageModel, prompt: _Prompt) -> Tensor | dict[str, Tensor]
         raise ValueError("position ids must increase along each prompt")
     _check_mask_format(lm, "a run whose position ids skip")
     return _explicit_masks(lm, positions[:, None, :] <= positions[:, :, None], positions)
-
 
 
 def _one_pass_trajectory(
