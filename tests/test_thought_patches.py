@@ -90,6 +90,8 @@ def test_patched_drift_is_zero_for_the_exact_patch_and_not_without_one(family):
     assert tp.patched_drift(model, data, none, rows).max() > 1e-2
     with pytest.raises(ValueError, match="one layer per decoder layer"):
         tp.patched_drift(model, data, tp.ThoughtPatch(exact.layers[:1], True, False, 0.0, "vector", 1), rows)
+    with pytest.raises(ValueError, match="another model"):
+        tp.patched_drift(tiny_lms.build(family, "small", 1), data, exact, rows)
 
 
 def test_bad_inputs():

@@ -498,6 +498,8 @@ def patched_drift(model: nn.Module, data: ThoughtData, patch: ThoughtPatch, rows
         raise TypeError(f"data must be a ThoughtData (from thought_data), got {type(data).__name__}")
     if not isinstance(patch, ThoughtPatch) or len(patch.layers) != len(data.inputs):
         raise ValueError(f"patch must be a ThoughtPatch with one layer per decoder layer ({len(data.inputs)})")
+    if data.runner.lm.model is not model:
+        raise ValueError("data was prepared for another model")
     rows = check_rows(rows, "rows")
     runner, column = data.runner, data.prompts.bare.shape[1] - 2
     z, drift = runner.embedded[rows], []
