@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..architectures.causal_lm import _language_model, _LanguageModel, _Prompt, _trace
+from .fewshot import answer_accuracy
 
 __all__ = [
     "last_token_states",
@@ -235,8 +236,8 @@ def intervention_accuracy(
         finally:
             for handle in handles:
                 handle.remove()
-        guess = logits.argmax(-1).view(b, size).T.tolist()
-        results.append(torch.tensor([[g in accepted for g, accepted in zip(row, answers)] for row in guess]))
+        per_edit = logits.view(b, size, -1)
+        results.append(torch.stack([answer_accuracy(per_edit[:, k], answers) for k in range(size)]))
     return torch.cat(results)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.implicit import implicit_update
+from ..core.metrics import frobenius_alignment
 from ..core.update import ImplicitUpdate
 from .compression import apply_weight_patch, prompts_with_queries, transport_update
 from .tasks import RegressionBatch
@@ -87,12 +88,6 @@ def gd_weight_patch(W: Tensor, step: Tensor) -> Tensor:
     return W[:, -1][None, :, None] * padded[:, None, :]
 
 
-def _frobenius_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine of two batches of matrices ``(B, H, D)`` in the Frobenius inner product: ``(B,)``."""
-    dot = (a * b).sum((-1, -2))
-    return dot / (a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1))
-
-
 @dataclass(frozen=True)
 class GDComparison:
     """The implicit update and the GD patch of each task (``B`` tasks, ``W`` of shape ``(H, D)``).
@@ -146,7 +141,7 @@ def compare_with_gd(block: nn.Module, tasks: RegressionBatch, lr: float) -> GDCo
     query_cosine = (step * tasks.x_query).sum(-1).abs() / (step.norm(dim=-1) * tasks.x_query.norm(dim=-1))
     return GDComparison(
         implicit=implicit, step=step, delta_W=delta_W, gd_patch=gd_patch, projected=projected,
-        cosine=_frobenius_cosine(delta_W, gd_patch), norm_ratio=norms[0] / norms[1], query_cosine=query_cosine,
+        cosine=frobenius_alignment(delta_W, gd_patch), norm_ratio=norms[0] / norms[1], query_cosine=query_cosine,
     )
 
 

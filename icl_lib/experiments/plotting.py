@@ -330,11 +330,16 @@ def residual_block_schematic(ax: Axes | None = None) -> Figure:
     return fig
 
 
+def _numpy(values: object) -> np.ndarray:
+    """A tensor, array or sequence as a NumPy array (on the CPU, no gradient)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
 def _vector(values: object, name: str) -> np.ndarray:
     """``values`` (a tensor, array or sequence) as a 1-d NumPy array of its own dtype."""
-    if hasattr(values, "detach"):  # a torch tensor: no gradient, on the CPU
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values)
+    array = _numpy(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
     return array
@@ -931,13 +936,6 @@ def precision_gaps(axes: Sequence[Axes], per_block: dict[str, object], network: 
         ax.grid(axis="y", which="major", color="0.9")
     axes[0].set(title=title, ylabel=f"{unit} output (residual stream)\n‖with context − patched‖")
     axes[1].set(title="whole network", ylabel=f"{network_label}\n‖with context − patched‖")
-
-
-def _numpy(values: object) -> np.ndarray:
-    """A tensor or array as a NumPy array (on the CPU, no gradient)."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def online_protocol_curves(axes: Sequence[Axes], curves: dict[str, object], styles: dict[str, tuple[str, str]],
